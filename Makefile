@@ -1,0 +1,26 @@
+# `make test` and `make train` bootstrap .venv from pyproject.toml when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests experiments
+	$(VENV)/bin/ruff format --check src tests experiments
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

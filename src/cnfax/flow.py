@@ -1,0 +1,426 @@
+"""The continuous normalizing flow: an augmented ODE solved by Diffrax.
+
+A data point is x = z(T), the end state of dz/dt = f(t, z) started from a base sample
+z(0) ~ N(0, I). Along the path the log-density obeys the instantaneous change of variables
+(Chen et al. 2018)
+
+    d log p(z(t)) / dt = -tr(df/dz (t, z(t))),
+
+so one solve of the augmented state (z, delta_logp) gives both the transformed point and
+the change in log-density; solving backwards inverts the map.
+
+Two choices keep every quantity differentiable by ``BacksolveAdjoint``, which only
+differentiates ``y0``, ``args`` and the term:
+
+- Time is rescaled to s in [0, 1]: dz/ds = T f(T s, z). The end time T (fixed, or learned
+  as in FFJORD's train_T, T = sqrt_t1^2 > 0) then enters through ``args``, not through
+  ``t1``, which no adjoint can differentiate.
+- The network's state goes through ``args`` (``nnx.split`` / ``nnx.merge``), never through
+  a closure over traced values, and so does the Hutchinson noise, drawn once per solve.
+
+The inverse direction runs s from 0 to 1 too, with the field negated and time reversed,
+so solver, controller and adjoint see the same forward-in-time problem either way.
+``delta_logp`` is the change log p(end) - log p(start) of each solve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cnfax import control, solvers, stats
+from cnfax.stats import SolveStats
+from cnfax.trace import Exact, TraceEstimator
+
+Array = jax.Array
+
+FORWARD = 1  # base -> data
+INVERSE = -1  # data -> base
+
+
+def standard_normal_log_prob(z: Array) -> Array:
+    """log N(z; 0, I), summed over the last axis."""
+    d = z.shape[-1]
+    return -0.5 * jnp.sum(jnp.square(z), axis=-1) - 0.5 * d * math.log(2 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SolveOptions:
+    """How the ODE is solved. Hashed by identity, so NNX can keep it as static data."""
+
+    solver: diffrax.AbstractSolver
+    stepsize_controller: diffrax.AbstractStepSizeController
+    adjoint: diffrax.AbstractAdjoint
+    dt0: float | None
+    max_steps: int
+    per_sample: bool
+    throw: bool
+    count_backward: bool
+
+    def describe(self) -> str:
+        ctrl = self.stepsize_controller
+        if isinstance(ctrl, diffrax.PIDController):
+            tol = f"rtol={ctrl.rtol}, atol={ctrl.atol}"
+        else:
+            tol = f"{type(ctrl).__name__} with dt0={self.dt0}"
+        return f"{type(self.solver).__name__}, {tol}, max_steps={self.max_steps}"
+
+
+class _AugmentedField(eqx.Module):
+    """The right-hand side of the augmented ODE in normalised time s in [0, 1].
+
+    d z / ds = +-T f(t(s), z),   d delta_logp / ds = -+T tr(df/dz),
+    with t(s) = T s forward and T (1 - s) in the inverse direction.
+    """
+
+    graphdef: Any = eqx.field(static=True)
+    trace: TraceEstimator = eqx.field(static=True)
+    direction: int = eqx.field(static=True)
+    with_logp: bool = eqx.field(static=True)
+    count_backward: bool = eqx.field(static=True)
+
+    def __call__(self, s, y, args):
+        state, end_time, noise = args
+        field = nnx.merge(self.graphdef, state)
+        t = end_time * (s if self.direction == FORWARD else 1 - s)
+        speed = self.direction * end_time
+
+        def f(z):
+            return field(t, z)
+
+        if self.with_logp:
+            div = self.trace(f, y["z"], noise)
+            out = {"z": speed * div.value, "delta_logp": -speed * div.trace}
+        else:
+            out = {"z": speed * f(y["z"])}
+        if self.count_backward:
+            out = stats.count_backward(out)
+        return out
+
+
+def _mask_failed(ys: dict, ok: Array) -> dict:
+    """NaN out the saved states of failed solves; ``ok`` is a scalar or one flag per point."""
+
+    def mask(v):
+        flags = ok if ok.ndim == 0 else ok.reshape((1, -1) + (1,) * (v.ndim - 2))
+        return jnp.where(flags, v, jnp.nan)
+
+    return jax.tree.map(mask, ys)
+
+
+def _check_points(x, dim: int, name: str) -> Array:
+    """Validate user points before any solve; return them as a JAX array."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must have a floating dtype, got {x.dtype}; convert it first, "
+            f"e.g. {name}.astype(jnp.float32)"
+        )
+    if x.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must have shape (n, {dim}) or ({dim},), got rank {x.ndim} shape {x.shape}"
+        )
+    if x.shape[-1] != dim:
+        raise ValueError(
+            f"{name} has last dimension {x.shape[-1]}, but the flow's dimension is {dim} "
+            f"(shape {x.shape})"
+        )
+    message = f"{name} contains NaN or inf values"
+    if isinstance(x, jax.core.Tracer):
+        x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), message)
+    else:
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+        if bad:
+            raise ValueError(f"{message} ({bad} of {x.size} entries)")
+    return x
+
+
+class CNF(nnx.Module):
+    """A continuous normalizing flow (FFJORD) over R^dim with a standard normal base.
+
+    Args:
+        field: an NNX module f(t, z), or a sequence of them: blocks applied in order
+            base -> data, each solved over its own [0, T_b], log-densities summed
+            (FFJORD's num_blocks).
+        t1: end time T of every block.
+        learn_t1: learn T (one per block), kept positive as T = sqrt_t1^2 (FFJORD's train_T).
+        trace: divergence estimator, :class:`cnfax.Exact` (default) or
+            :class:`cnfax.Hutchinson`.
+        solver, stepsize_controller, adjoint: any Diffrax ODE solver, controller and adjoint.
+            Defaults are FFJORD's: Dopri5, PID control at rtol = atol = 1e-5, and
+            BacksolveAdjoint. A PID controller left with Diffrax's default norm gets the
+            per-point norm of :func:`cnfax.control.batch_max_norm`.
+        dt0: initial step in units of t (required by ``ConstantStepSize``).
+        max_steps: step budget of each solve.
+        per_sample: solve each point as its own ODE under ``vmap`` (own step sizes),
+            instead of the batch as one state with the per-point max norm.
+        throw: on a failed solve (max_steps reached), raise an error naming max_steps and
+            the tolerances. With ``throw=False`` failed points come back as NaN and
+            ``SolveStats.success`` is False, for training loops that skip the step.
+        count_backward: count backward-pass evaluations in ``cnfax.stats`` (host callback).
+        dim: data dimension; read from ``field.dim`` when omitted.
+    """
+
+    def __init__(
+        self,
+        field: nnx.Module | Sequence[nnx.Module],
+        *,
+        t1: float = 0.5,
+        learn_t1: bool = False,
+        trace: TraceEstimator | None = None,
+        solver: diffrax.AbstractSolver | None = None,
+        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+        adjoint: diffrax.AbstractAdjoint | None = None,
+        dt0: float | None = None,
+        max_steps: int = 4096,
+        per_sample: bool = False,
+        throw: bool = True,
+        count_backward: bool = False,
+        dim: int | None = None,
+    ):
+        blocks = list(field) if isinstance(field, Sequence) else [field]
+        if not blocks:
+            raise ValueError("a CNF needs at least one field")
+        if dim is None:
+            dim = getattr(blocks[0], "dim", None)
+            if dim is None:
+                raise ValueError("the field has no .dim attribute: pass dim= to CNF")
+        if not isinstance(t1, (int, float)) or not t1 > 0 or not math.isfinite(t1):
+            raise ValueError(f"t1 must be a positive finite number, got {t1!r}")
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        solver = diffrax.Dopri5() if solver is None else solver
+        if stepsize_controller is None:
+            stepsize_controller = diffrax.PIDController(rtol=1e-5, atol=1e-5)
+        if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
+            raise ValueError("ConstantStepSize needs a step: pass dt0= (in units of t)")
+        if dt0 is not None and not dt0 > 0:
+            raise ValueError(f"dt0 must be positive, got {dt0!r}")
+        stepsize_controller = control.with_batch_norm(stepsize_controller)
+        adjoint = diffrax.BacksolveAdjoint() if adjoint is None else adjoint
+        adjoint = control.prepare_adjoint(adjoint, stepsize_controller)
+
+        self.dim = int(dim)
+        self.blocks = nnx.List(blocks)
+        self.trace = Exact() if trace is None else trace
+        self.options = SolveOptions(
+            solver=solver,
+            stepsize_controller=stepsize_controller,
+            adjoint=adjoint,
+            dt0=dt0,
+            max_steps=max_steps,
+            per_sample=per_sample,
+            throw=throw,
+            count_backward=count_backward,
+        )
+        self.learn_t1 = learn_t1
+        sqrt_t1 = jnp.full((len(blocks),), math.sqrt(t1), jnp.float32)
+        self.sqrt_t1 = nnx.Param(sqrt_t1) if learn_t1 else nnx.Variable(sqrt_t1)
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def end_times(self) -> Array:
+        """T_b of each block, shape (num_blocks,)."""
+        return jnp.square(self.sqrt_t1[...])
+
+    def replace(self, **changes) -> CNF:
+        """A CNF sharing this one's fields and end times, with other options changed.
+
+        E.g. ``flow.replace(trace=cnfax.Exact(), stepsize_controller=...)`` for evaluation.
+        """
+        opts = self.options
+        kwargs = dict(
+            field=list(self.blocks), trace=self.trace, solver=opts.solver,
+            stepsize_controller=opts.stepsize_controller, adjoint=opts.adjoint, dt0=opts.dt0,
+            max_steps=opts.max_steps, per_sample=opts.per_sample, throw=opts.throw,
+            count_backward=opts.count_backward, dim=self.dim, learn_t1=self.learn_t1,
+        )
+        unknown = set(changes) - set(kwargs)
+        if unknown:
+            raise TypeError(f"CNF.replace got unknown options {sorted(unknown)}")
+        kwargs.update(changes)
+        new = CNF(**kwargs)
+        new.sqrt_t1 = self.sqrt_t1  # shared variable: same end times, same parameter
+        return new
+
+    # ------------------------------------------------------------------ solving
+
+    def _solve(
+        self,
+        block: int,
+        z: Array,
+        direction: int,
+        *,
+        with_logp: bool,
+        noise: Array | None,
+        save_s: Array | None = None,
+    ) -> tuple[Array, Array | None, SolveStats]:
+        """Solve one block over s in [0, 1]; return (z at the end or at save_s, delta_logp, stats)."""
+        opts = self.options
+        graphdef, state = nnx.split(self.blocks[block])
+        end_time = self.end_times[block].astype(z.dtype)
+        term = diffrax.ODETerm(
+            _AugmentedField(graphdef, self.trace, direction, with_logp, opts.count_backward)
+        )
+        saveat = diffrax.SaveAt(t1=True) if save_s is None else diffrax.SaveAt(ts=save_s)
+
+        def solve_one(z, noise, state, end_time):
+            y0 = {"z": z}
+            if with_logp:
+                y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
+            ds0 = None if opts.dt0 is None else opts.dt0 / end_time
+            sol = diffrax.diffeqsolve(
+                term, opts.solver, t0=0.0, t1=1.0, dt0=ds0, y0=y0,
+                args=(state, end_time, noise), saveat=saveat,
+                stepsize_controller=opts.stepsize_controller, adjoint=opts.adjoint,
+                max_steps=opts.max_steps, throw=False,
+            )
+            success = sol.result == diffrax.RESULTS.successful
+            return sol.ys, success, sol.stats
+
+        if opts.per_sample and z.ndim == 2:
+            noise_axis = None if noise is None else 1
+            ys, success, raw = jax.vmap(solve_one, in_axes=(0, noise_axis, None, None),
+                                        out_axes=(1, 0, 0))(z, noise, state, end_time)
+            # The vmapped loop runs until its slowest lane is done: its cost is the max.
+            raw = jax.tree.map(jnp.max, raw)
+            lane_ok = success
+            success = jnp.all(success)
+        else:
+            ys, success, raw = solve_one(z, noise, state, end_time)
+            lane_ok = success
+        nfe = solvers.evaluations_per_step(opts.solver) * raw["num_steps"] + (
+            solvers.initial_evaluations(opts.solver, opts.stepsize_controller, opts.dt0)
+        )
+        solve_stats = SolveStats(
+            steps=raw["num_steps"], accepted=raw["num_accepted_steps"],
+            rejected=raw["num_rejected_steps"], nfe=jnp.asarray(nfe), success=success,
+        )
+        # A failed solve's numbers are not results: they become NaN, never silently wrong.
+        ys = _mask_failed(ys, lane_ok)
+        zs = ys["z"] if save_s is not None else ys["z"][0]
+        dlogp = None
+        if with_logp:
+            dlogp = ys["delta_logp"][0]
+        return zs, dlogp, solve_stats
+
+    def _noise(self, key, shape, dtype) -> list[Array | None]:
+        if self.trace.needs_key and key is None:
+            raise ValueError(
+                f"{self.trace!r} needs a PRNG key: pass key=jax.random.key(seed)"
+            )
+        keys = [None] * self.num_blocks if key is None else list(jax.random.split(key, self.num_blocks))
+        return [self.trace.sample_noise(k, shape, dtype) for k in keys]
+
+    def _raise_on_failure(self, out: Array, solve_stats: SolveStats) -> Array:
+        if not self.options.throw:
+            return out
+        return eqx.error_if(
+            out,
+            ~solve_stats.success,
+            f"CNF solve failed: the solver reached max_steps={self.options.max_steps} "
+            f"({self.options.describe()}). Raise max_steps, loosen rtol/atol, or "
+            "regularise the field (e.g. kinetic energy).",
+        )
+
+    def _transform(self, x: Array, direction: int, *, key=None, with_logp: bool):
+        """Run all blocks in ``direction``; return (y, sum of delta_logp, stats)."""
+        order = range(self.num_blocks) if direction == FORWARD else reversed(range(self.num_blocks))
+        noise = self._noise(key, x.shape, x.dtype) if with_logp else [None] * self.num_blocks
+        total_dlogp = jnp.zeros(x.shape[:-1], x.dtype) if with_logp else None
+        total = SolveStats.zero()
+        y = x
+        for b in order:
+            y, dlogp, solve_stats = self._solve(b, y, direction, with_logp=with_logp, noise=noise[b])
+            total = total + solve_stats
+            if with_logp:
+                total_dlogp = total_dlogp + dlogp
+        y = self._raise_on_failure(y, total)
+        return y, total_dlogp, total
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, z: Array) -> Array:
+        """Map base points z (n, dim) to data space."""
+        z = _check_points(z, self.dim, "z")
+        return self._transform(z, FORWARD, with_logp=False)[0]
+
+    def inverse(self, x: Array) -> Array:
+        """Map data points x (n, dim) to the base space."""
+        x = _check_points(x, self.dim, "x")
+        return self._transform(x, INVERSE, with_logp=False)[0]
+
+    def log_prob_and_stats(self, x: Array, *, key: Array | None = None) -> tuple[Array, SolveStats]:
+        """log p(x) of each row, and the solver statistics of the (inverse) solve.
+
+        log p(x) = log N(z0) - sum_b delta_logp_b, where z0 is x mapped to the base and
+        delta_logp_b = log p_{b-1}(z_{b-1}) - log p_b(z_b) is each inverse block's change.
+        """
+        x = _check_points(x, self.dim, "x")
+        z0, dlogp, solve_stats = self._transform(x, INVERSE, key=key, with_logp=True)
+        return standard_normal_log_prob(z0) - dlogp, solve_stats
+
+    def log_prob(self, x: Array, *, key: Array | None = None) -> Array:
+        """log p(x) of each row of x (n, dim). Hutchinson's estimator needs ``key``."""
+        return self.log_prob_and_stats(x, key=key)[0]
+
+    def sample(self, key: Array, n: int, dtype=None) -> Array:
+        """n samples from the flow, shape (n, dim)."""
+        z0 = self._base_sample(key, n, dtype)
+        return self._transform(z0, FORWARD, with_logp=False)[0]
+
+    def sample_and_log_prob(self, key: Array, n: int, dtype=None) -> tuple[Array, Array]:
+        """n samples and their log-densities from one forward solve (with the exact trace
+        unless the flow uses Hutchinson, whose noise is then drawn from ``key``)."""
+        noise_key, base_key = jax.random.split(key)
+        z0 = self._base_sample(base_key, n, dtype)
+        x, dlogp, _ = self._transform(z0, FORWARD, key=noise_key, with_logp=True)
+        return x, standard_normal_log_prob(z0) + dlogp
+
+    def trajectory(self, z: Array, ts: Array) -> Array:
+        """States of base points z (n, dim) at times ts (ascending, in [0, sum of T_b]).
+
+        Returns shape (len(ts), n, dim). Blocks follow one another in time: block b covers
+        [T_0 + ... + T_{b-1}, T_0 + ... + T_b].
+        """
+        z = _check_points(z, self.dim, "z")
+        ts = jnp.asarray(ts, z.dtype)
+        if ts.ndim != 1:
+            raise ValueError(f"ts must be a 1-D array of times, got shape {ts.shape}")
+        ends = self.end_times.astype(z.dtype)
+        starts = jnp.concatenate([jnp.zeros((1,), z.dtype), jnp.cumsum(ends)[:-1]])
+        path = None
+        y = z
+        for b in range(self.num_blocks):
+            # Save at the requested times (clipped into this block) and at its end s = 1,
+            # which the next block starts from.
+            save_s = jnp.clip((ts - starts[b]) / ends[b], 0.0, 1.0)
+            save_s = jnp.concatenate([save_s, jnp.ones((1,), z.dtype)])
+            zs, _, solve_stats = self._solve(
+                b, y, FORWARD, with_logp=False, noise=None, save_s=save_s
+            )
+            zs = self._raise_on_failure(zs, solve_stats)
+            y, zs = zs[-1], zs[:-1]
+            inside = (ts >= starts[b])[:, None, None]
+            path = zs if path is None else jnp.where(inside, zs, path)
+        return path
+
+    def _base_sample(self, key, n, dtype):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        return jax.random.normal(key, (n, self.dim), dtype)

@@ -1,0 +1,52 @@
+"""Solver helpers: the classic RK4 tableau and a per-solve estimate of field evaluations.
+
+Diffrax ships no classic fourth-order Runge-Kutta method; :class:`RK4` adds it as an explicit
+Runge-Kutta method with a zero error estimate, so it is meant for ``ConstantStepSize``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import diffrax
+import numpy as np
+
+_rk4_tableau = diffrax.ButcherTableau(
+    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    b_error=np.zeros(4),
+    c=np.array([0.5, 0.5, 1.0]),
+)
+
+
+class RK4(diffrax.AbstractERK):
+    """The classic 4-stage, 4th-order Runge-Kutta method (fixed steps only)."""
+
+    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
+    interpolation_cls: ClassVar[Callable[..., diffrax.ThirdOrderHermitePolynomialInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+
+    def order(self, terms):
+        return 4
+
+
+def evaluations_per_step(solver: diffrax.AbstractSolver) -> int:
+    """Vector-field evaluations per step: the stages, less one for FSAL tableaus."""
+    tableau = getattr(solver, "tableau", None)
+    if isinstance(tableau, diffrax.ButcherTableau):
+        return tableau.num_stages - (1 if tableau.fsal else 0)
+    if isinstance(solver, diffrax.Euler):
+        return 1
+    raise NotImplementedError(f"no evaluation count known for {type(solver).__name__}")
+
+
+def initial_evaluations(
+    solver: diffrax.AbstractSolver, controller: diffrax.AbstractStepSizeController, dt0
+) -> int:
+    """Evaluations before the first step: FSAL's f(y0), and two for PID's initial step."""
+    tableau = getattr(solver, "tableau", None)
+    fsal = isinstance(tableau, diffrax.ButcherTableau) and tableau.fsal
+    chooses_dt0 = isinstance(controller, diffrax.PIDController) and dt0 is None
+    return int(fsal) + 2 * int(chooses_dt0)
