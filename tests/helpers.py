@@ -1,0 +1,31 @@
+"""Fields with known answers, shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from hypothesis import settings
+
+
+class LinearField(nnx.Module):
+    """f(t, z) = A z: the flow is z(t) = exp(A t) z(0), with divergence tr(A)."""
+
+    def __init__(self, matrix):
+        self.matrix = nnx.Param(jnp.asarray(matrix))
+        self.dim = self.matrix.shape[0]
+
+    def __call__(self, t, z):
+        return z @ self.matrix[...].T
+
+
+def linear_flow_log_prob(matrices, end_time, x):
+    """Closed form for blocks of linear fields: log N(prod_b exp(-A_b T) x) - T sum_b tr A_b."""
+    z = x
+    for a in reversed(matrices):
+        z = z @ jax.scipy.linalg.expm(-a * end_time).T
+    base = -0.5 * jnp.sum(z**2, -1) - 0.5 * x.shape[-1] * jnp.log(2 * jnp.pi)
+    return base - end_time * sum(jnp.trace(a) for a in matrices)
+
+
+def examples(cap: int) -> int:
+    """The active profile's example count, capped for tests whose examples are expensive."""
+    return min(settings.default.max_examples, cap)
