@@ -1,4 +1,4 @@
-"""Hypothesis profiles, chosen by CNFAX_HYPOTHESIS_PROFILE (default: `ci` under CI=true, else `dev`).
+"""Hypothesis profiles, chosen by CNFAX_HYPOTHESIS_PROFILE (default `ci` if CI=true, else `dev`).
 
 - ci: few examples, derandomised (reproducible on the 2-core CI machine).
 - dev: a few more, random.

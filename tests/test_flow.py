@@ -19,8 +19,9 @@ N = 16
 
 
 def random_field(seed, dtype=jnp.float32):
-    return cnfax.ConcatSquashMLP(DIM, (16, 16), activation="tanh", param_dtype=dtype,
-                                 rngs=nnx.Rngs(seed))
+    return cnfax.ConcatSquashMLP(
+        DIM, (16, 16), activation="tanh", param_dtype=dtype, rngs=nnx.Rngs(seed)
+    )
 
 
 def tight(tol):
@@ -34,8 +35,9 @@ def base_points(seed, dtype, scale=1.5):
 SOLVERS_F64 = {
     "dopri5": dict(solver=diffrax.Dopri5(), stepsize_controller=tight(1e-8)),
     "tsit5": dict(solver=diffrax.Tsit5(), stepsize_controller=tight(1e-8)),
-    "rk4-fixed": dict(solver=cnfax.RK4(), stepsize_controller=diffrax.ConstantStepSize(),
-                      dt0=0.005),
+    "rk4-fixed": dict(
+        solver=cnfax.RK4(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.005
+    ),
 }
 
 
@@ -55,8 +57,9 @@ def test_inverse_undoes_forward_in_float64(solver, seed):
 SOLVERS_F32 = {
     "dopri5": dict(),
     "tsit5": dict(solver=diffrax.Tsit5()),
-    "heun-fixed": dict(solver=diffrax.Heun(), stepsize_controller=diffrax.ConstantStepSize(),
-                       dt0=0.01),
+    "heun-fixed": dict(
+        solver=diffrax.Heun(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.01
+    ),
 }
 
 
@@ -78,8 +81,9 @@ matrices = hnp.arrays(np.float64, (DIM, DIM), elements=st.floats(-1.0, 1.0))
 def test_linear_field_log_prob_matches_closed_form_float64(per_sample, a, seed):
     with jax.enable_x64(True):
         end_time = 0.7
-        flow = cnfax.CNF(LinearField(a), t1=end_time, stepsize_controller=tight(1e-10),
-                         per_sample=per_sample)
+        flow = cnfax.CNF(
+            LinearField(a), t1=end_time, stepsize_controller=tight(1e-10), per_sample=per_sample
+        )
         x = base_points(seed, jnp.float64, scale=2.0)
         expected = linear_flow_log_prob([jnp.asarray(a)], end_time, x)
         np.testing.assert_allclose(flow.log_prob(x), expected, rtol=0, atol=1e-6)
@@ -99,8 +103,9 @@ def test_linear_field_log_prob_matches_closed_form_float32_defaults(a, seed):
 @given(a1=matrices, a2=matrices, seed=seeds)
 def test_blocks_compose_and_their_log_densities_add(a1, a2, seed):
     with jax.enable_x64(True):
-        flow = cnfax.CNF([LinearField(a1), LinearField(a2)], t1=0.4,
-                         stepsize_controller=tight(1e-10))
+        flow = cnfax.CNF(
+            [LinearField(a1), LinearField(a2)], t1=0.4, stepsize_controller=tight(1e-10)
+        )
         x = base_points(seed, jnp.float64)
         expected = linear_flow_log_prob([jnp.asarray(a1), jnp.asarray(a2)], 0.4, x)
         np.testing.assert_allclose(flow.log_prob(x), expected, atol=1e-6)
@@ -114,8 +119,9 @@ def test_blocks_compose_and_their_log_densities_add(a1, a2, seed):
 @given(a1=matrices, a2=matrices, seed=seeds)
 def test_trajectory_follows_the_exact_path_across_blocks(a1, a2, seed):
     with jax.enable_x64(True):
-        flow = cnfax.CNF([LinearField(a1), LinearField(a2)], t1=0.5,
-                         stepsize_controller=tight(1e-10))
+        flow = cnfax.CNF(
+            [LinearField(a1), LinearField(a2)], t1=0.5, stepsize_controller=tight(1e-10)
+        )
         z = base_points(seed, jnp.float64)[:4]
         ts = jnp.array([0.0, 0.2, 0.5, 0.7, 1.0])
         path = flow.trajectory(z, ts)
@@ -180,10 +186,14 @@ class TestBatchInvariance:
         tolerances stays within about 100 local tolerances (it is ~10x here)."""
         tol = 1e-7
         with jax.enable_x64(True):
-            flow = cnfax.CNF(random_field(seed, jnp.float64), t1=1.0, stepsize_controller=tight(tol))
+            flow = cnfax.CNF(
+                random_field(seed, jnp.float64), t1=1.0, stepsize_controller=tight(tol)
+            )
             points = base_points(seed + 1, jnp.float64, scale=1.0)[:4]
             others = jax.random.normal(jax.random.key(perm_seed), (60, DIM), jnp.float64) * 3.0
-            batch = jax.random.permutation(jax.random.key(perm_seed), jnp.concatenate([points, others]))
+            batch = jax.random.permutation(
+                jax.random.key(perm_seed), jnp.concatenate([points, others])
+            )
             in_batch = flow.log_prob(batch)
             for p in points:
                 alone = flow.log_prob(p[None])[0]
@@ -194,14 +204,19 @@ class TestBatchInvariance:
     @given(seed=seeds, perm_seed=seeds)
     def test_per_sample_solve_is_exactly_invariant(self, seed, perm_seed):
         with jax.enable_x64(True):
-            flow = cnfax.CNF(random_field(seed, jnp.float64), t1=1.0,
-                             stepsize_controller=tight(1e-6), per_sample=True)
+            flow = cnfax.CNF(
+                random_field(seed, jnp.float64),
+                t1=1.0,
+                stepsize_controller=tight(1e-6),
+                per_sample=True,
+            )
             batch = base_points(seed + 1, jnp.float64, scale=2.5)
             perm = jax.random.permutation(jax.random.key(perm_seed), N)
             alone = jnp.stack([flow.log_prob(p[None])[0] for p in batch[:3]])
             np.testing.assert_allclose(flow.log_prob(batch)[:3], alone, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(flow.log_prob(batch[perm]), flow.log_prob(batch)[perm],
-                                       rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                flow.log_prob(batch[perm]), flow.log_prob(batch)[perm], rtol=1e-12, atol=1e-12
+            )
 
 
 def test_single_point_input_gives_a_scalar_log_prob():

@@ -26,8 +26,12 @@ def test_exact_trace_equals_trace_of_jacfwd(seed, point_seed):
     div = cnfax.Exact()(fn, z)
     jacobians = jax.vmap(jax.jacfwd(lambda row: fn(row[None])[0]))(z)  # (n, d, d)
     np.testing.assert_allclose(div.value, fn(z), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(div.trace, jnp.trace(jacobians, axis1=1, axis2=2), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(div.frobenius_sq, jnp.sum(jacobians**2, (1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        div.trace, jnp.trace(jacobians, axis1=1, axis2=2), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        div.frobenius_sq, jnp.sum(jacobians**2, (1, 2)), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_exact_trace_on_a_single_unbatched_point():
@@ -62,7 +66,9 @@ def test_hutchinson_is_unbiased(noise, seed, key_seed):
 
 def test_rademacher_noise_is_plus_minus_one_and_gaussian_is_not():
     shape = (2, 4, DIM)
-    rad = cnfax.Hutchinson("rademacher", probes=3).sample_noise(jax.random.key(0), shape, jnp.float32)
+    rad = cnfax.Hutchinson("rademacher", probes=3).sample_noise(
+        jax.random.key(0), shape, jnp.float32
+    )
     assert rad.shape == (3, *shape)
     assert set(np.unique(np.asarray(rad))) == {-1.0, 1.0}
     gauss = cnfax.Hutchinson("gaussian").sample_noise(jax.random.key(0), shape, jnp.float32)

@@ -1,7 +1,7 @@
 """cnfax: continuous normalizing flows (FFJORD) in JAX, on Diffrax and Flax NNX."""
 
 from cnfax.control import batch_max_norm
-from cnfax.fields import ConcatMLP, ConcatSquashLinear, ConcatSquashMLP, ConcatLinear
+from cnfax.fields import ConcatLinear, ConcatMLP, ConcatSquashLinear, ConcatSquashMLP
 from cnfax.flow import CNF, standard_normal_log_prob
 from cnfax.solvers import RK4
 from cnfax.stats import SolveStats, backward_evaluations

@@ -54,8 +54,12 @@ class ConcatSquashLinear(nnx.Module):
         )
         self.gate = nnx.Linear(1, out_features, param_dtype=param_dtype, rngs=rngs)
         self.hyper_bias = nnx.Linear(
-            1, out_features, use_bias=False, kernel_init=kernel_init,
-            param_dtype=param_dtype, rngs=rngs,
+            1,
+            out_features,
+            use_bias=False,
+            kernel_init=kernel_init,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def __call__(self, t, x: Array) -> Array:
@@ -76,8 +80,11 @@ class ConcatLinear(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.linear = nnx.Linear(
-            in_features + 1, out_features, kernel_init=_kernel_init(zero_init),
-            param_dtype=param_dtype, rngs=rngs,
+            in_features + 1,
+            out_features,
+            kernel_init=_kernel_init(zero_init),
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def __call__(self, t, x: Array) -> Array:
@@ -117,8 +124,11 @@ class _TimeMLP(nnx.Module):
         self.layers = nnx.List(
             [
                 self.layer_type(
-                    w_in, w_out, zero_init=zero_init_last and i == last,
-                    param_dtype=param_dtype, rngs=rngs,
+                    w_in,
+                    w_out,
+                    zero_init=zero_init_last and i == last,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
                 )
                 for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True))
             ]

@@ -244,10 +244,18 @@ class CNF(nnx.Module):
         """
         opts = self.options
         kwargs = dict(
-            field=list(self.blocks), trace=self.trace, solver=opts.solver,
-            stepsize_controller=opts.stepsize_controller, adjoint=opts.adjoint, dt0=opts.dt0,
-            max_steps=opts.max_steps, per_sample=opts.per_sample, throw=opts.throw,
-            count_backward=opts.count_backward, dim=self.dim, learn_t1=self.learn_t1,
+            field=list(self.blocks),
+            trace=self.trace,
+            solver=opts.solver,
+            stepsize_controller=opts.stepsize_controller,
+            adjoint=opts.adjoint,
+            dt0=opts.dt0,
+            max_steps=opts.max_steps,
+            per_sample=opts.per_sample,
+            throw=opts.throw,
+            count_backward=opts.count_backward,
+            dim=self.dim,
+            learn_t1=self.learn_t1,
         )
         unknown = set(changes) - set(kwargs)
         if unknown:
@@ -269,7 +277,7 @@ class CNF(nnx.Module):
         noise: Array | None,
         save_s: Array | None = None,
     ) -> tuple[Array, Array | None, SolveStats]:
-        """Solve one block over s in [0, 1]; return (z at the end or at save_s, delta_logp, stats)."""
+        """Solve one block over s in [0, 1]: (z at s = 1 or at save_s, delta_logp, stats)."""
         opts = self.options
         graphdef, state = nnx.split(self.blocks[block])
         end_time = self.end_times[block].astype(z.dtype)
@@ -284,18 +292,27 @@ class CNF(nnx.Module):
                 y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
             ds0 = None if opts.dt0 is None else opts.dt0 / end_time
             sol = diffrax.diffeqsolve(
-                term, opts.solver, t0=0.0, t1=1.0, dt0=ds0, y0=y0,
-                args=(state, end_time, noise), saveat=saveat,
-                stepsize_controller=opts.stepsize_controller, adjoint=opts.adjoint,
-                max_steps=opts.max_steps, throw=False,
+                term,
+                opts.solver,
+                t0=0.0,
+                t1=1.0,
+                dt0=ds0,
+                y0=y0,
+                args=(state, end_time, noise),
+                saveat=saveat,
+                stepsize_controller=opts.stepsize_controller,
+                adjoint=opts.adjoint,
+                max_steps=opts.max_steps,
+                throw=False,
             )
             success = sol.result == diffrax.RESULTS.successful
             return sol.ys, success, sol.stats
 
         if opts.per_sample and z.ndim == 2:
             noise_axis = None if noise is None else 1
-            ys, success, raw = jax.vmap(solve_one, in_axes=(0, noise_axis, None, None),
-                                        out_axes=(1, 0, 0))(z, noise, state, end_time)
+            ys, success, raw = jax.vmap(
+                solve_one, in_axes=(0, noise_axis, None, None), out_axes=(1, 0, 0)
+            )(z, noise, state, end_time)
             # The vmapped loop runs until its slowest lane is done: its cost is the max.
             raw = jax.tree.map(jnp.max, raw)
             lane_ok = success
@@ -304,11 +321,14 @@ class CNF(nnx.Module):
             ys, success, raw = solve_one(z, noise, state, end_time)
             lane_ok = success
         nfe = solvers.evaluations_per_step(opts.solver) * raw["num_steps"] + (
-            solvers.initial_evaluations(opts.solver, opts.stepsize_controller, opts.dt0)
+            solvers.initial_evaluations(opts.solver)
         )
         solve_stats = SolveStats(
-            steps=raw["num_steps"], accepted=raw["num_accepted_steps"],
-            rejected=raw["num_rejected_steps"], nfe=jnp.asarray(nfe), success=success,
+            steps=raw["num_steps"],
+            accepted=raw["num_accepted_steps"],
+            rejected=raw["num_rejected_steps"],
+            nfe=jnp.asarray(nfe),
+            success=success,
         )
         # A failed solve's numbers are not results: they become NaN, never silently wrong.
         ys = _mask_failed(ys, lane_ok)
@@ -320,10 +340,12 @@ class CNF(nnx.Module):
 
     def _noise(self, key, shape, dtype) -> list[Array | None]:
         if self.trace.needs_key and key is None:
-            raise ValueError(
-                f"{self.trace!r} needs a PRNG key: pass key=jax.random.key(seed)"
-            )
-        keys = [None] * self.num_blocks if key is None else list(jax.random.split(key, self.num_blocks))
+            raise ValueError(f"{self.trace!r} needs a PRNG key: pass key=jax.random.key(seed)")
+        keys = (
+            [None] * self.num_blocks
+            if key is None
+            else list(jax.random.split(key, self.num_blocks))
+        )
         return [self.trace.sample_noise(k, shape, dtype) for k in keys]
 
     def _raise_on_failure(self, out: Array, solve_stats: SolveStats) -> Array:
@@ -345,7 +367,9 @@ class CNF(nnx.Module):
         total = SolveStats.zero()
         y = x
         for b in order:
-            y, dlogp, solve_stats = self._solve(b, y, direction, with_logp=with_logp, noise=noise[b])
+            y, dlogp, solve_stats = self._solve(
+                b, y, direction, with_logp=with_logp, noise=noise[b]
+            )
             total = total + solve_stats
             if with_logp:
                 total_dlogp = total_dlogp + dlogp
