@@ -24,3 +24,11 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# make train ARGS="--dataset checkerboard --run-dir runs/checkerboard"
+.PHONY: train evaluate
+train: $(STAMP)
+	$(PY) experiments/train.py $(ARGS)
+
+evaluate: $(STAMP)
+	$(PY) experiments/evaluate.py $(ARGS)

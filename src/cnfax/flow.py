@@ -407,13 +407,18 @@ class CNF(nnx.Module):
         z0 = self._base_sample(key, n, dtype)
         return self._transform(z0, FORWARD, with_logp=False)[0]
 
+    def forward_and_log_prob(self, z: Array, *, key: Array | None = None) -> tuple[Array, Array]:
+        """Map base points to data space and carry their log-density along the same solve:
+        log p(x) = log N(z) - integral of tr(df/dz) dt."""
+        z = _check_points(z, self.dim, "z")
+        x, dlogp, _ = self._transform(z, FORWARD, key=key, with_logp=True)
+        return x, standard_normal_log_prob(z) + dlogp
+
     def sample_and_log_prob(self, key: Array, n: int, dtype=None) -> tuple[Array, Array]:
         """n samples and their log-densities from one forward solve (with the exact trace
         unless the flow uses Hutchinson, whose noise is then drawn from ``key``)."""
         noise_key, base_key = jax.random.split(key)
-        z0 = self._base_sample(base_key, n, dtype)
-        x, dlogp, _ = self._transform(z0, FORWARD, key=noise_key, with_logp=True)
-        return x, standard_normal_log_prob(z0) + dlogp
+        return self.forward_and_log_prob(self._base_sample(base_key, n, dtype), key=noise_key)
 
     def trajectory(self, z: Array, ts: Array) -> Array:
         """States of base points z (n, dim) at times ts (ascending, in [0, sum of T_b]).

@@ -1,0 +1,73 @@
+"""Orbax checkpoints of a training run: the last N steps, and the best by test NLL.
+
+A checkpoint is one pytree: the flow's state, the optimizer's state, the step, the PRNG
+key and the data position, all as plain arrays (``nnx.State.to_pure_dict``). Two Orbax
+CheckpointManagers share the run directory: ``checkpoints/latest`` keeps the last
+``keep`` saves; ``checkpoints/best`` keeps the one with the lowest test NLL. Orbax writes
+each step to a temporary directory and renames it when complete, so a crash mid-save
+leaves the previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _all_finite(tree) -> bool:
+    return all(
+        bool(np.all(np.isfinite(np.asarray(leaf))))
+        for leaf in jax.tree.leaves(tree)
+        if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
+    )
+
+
+class Checkpointer:
+    """Save and restore training state under ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 3):
+        root = Path(run_dir).absolute() / "checkpoints"
+        self.latest = ocp.CheckpointManager(
+            root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+        self.best = ocp.CheckpointManager(
+            root / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m["test_nll"], best_mode="min"
+            ),
+        )
+
+    def save(self, step: int, tree: Any, test_nll: float | None = None) -> None:
+        """Save ``tree`` at ``step``; also as the best if ``test_nll`` beats the best so far."""
+        if not _all_finite(tree):
+            raise ValueError(f"refusing to checkpoint non-finite values at step {step}")
+        if step not in self.latest.all_steps():
+            self.latest.save(step, args=ocp.args.StandardSave(tree))
+        if test_nll is not None and math.isfinite(test_nll):
+            self.best.save(step, args=ocp.args.StandardSave(tree), metrics={"test_nll": test_nll})
+        self.wait()
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, like: Any, which: str = "latest") -> tuple[int, Any]:
+        """Restore the latest (or ``which="best"``) checkpoint into the structure of ``like``."""
+        manager = self.best if which == "best" else self.latest
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()

@@ -1,0 +1,145 @@
+"""An experiment's configuration, and the flow and optimizer it describes.
+
+``Config`` is a plain dataclass: experiments/train.py turns it into a command line with
+tyro (``--help`` lists every option and its default), and the run directory keeps it as
+``config.json``, so that evaluation rebuilds exactly the trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+import diffrax
+import optax
+from flax import nnx
+
+from cnfax.data.toy import TOY_DATASETS
+from cnfax.fields import ACTIVATIONS, ConcatSquashMLP
+from cnfax.flow import CNF
+from cnfax.trace import Exact, Hutchinson
+
+SOLVERS = {
+    "dopri5": diffrax.Dopri5,
+    "tsit5": diffrax.Tsit5,
+    "dopri8": diffrax.Dopri8,
+    "bosh3": diffrax.Bosh3,
+    "heun": diffrax.Heun,
+}
+ADJOINTS = {
+    "backsolve": diffrax.BacksolveAdjoint,
+    "checkpoint": diffrax.RecursiveCheckpointAdjoint,
+}
+# Options that change the model's parameters: a run directory must be resumed with the same.
+MODEL_FIELDS = ("dataset", "hidden", "activation", "num_blocks", "learn_t1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Train a CNF on a 2-D toy density (FFJORD's toy set-up by default)."""
+
+    dataset: str = "8gaussians"
+    """one of 8gaussians, checkerboard, 2spirals, pinwheel, swissroll, circles, moons, rings"""
+    iters: int = 1500
+    """training iterations"""
+    batch_size: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+    run_dir: str = "runs/default"
+    """where config, metrics, checkpoints and pictures go; an existing run is resumed"""
+    hidden: tuple[int, ...] = (64, 64, 64)
+    activation: str = "tanh"
+    t1: float = 0.5
+    learn_t1: bool = False
+    trace: Literal["exact", "hutchinson"] = "exact"
+    """divergence in training (evaluation always uses the exact trace)"""
+    noise: Literal["rademacher", "gaussian"] = "rademacher"
+    solver: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    adjoint: Literal["backsolve", "checkpoint"] = "backsolve"
+    num_blocks: int = 1
+    weight_decay: float = 1e-5
+    grad_clip: float = 10.0
+    """clip the global gradient norm to this (0 disables)"""
+    eval_every: int = 250
+    ckpt_every: int = 250
+    keep: int = 3
+    """checkpoints kept (the best by test NLL is kept as well)"""
+    eval_size: int = 2000
+    """held-out points for the test NLL logged during training"""
+    log_every: int = 10
+    max_steps: int = 4096
+    pictures: bool = True
+
+    def validate(self) -> Config:
+        """Raise ValueError naming each bad option and the valid choices; return self."""
+        problems = []
+        if self.dataset not in TOY_DATASETS:
+            problems.append(f"dataset {self.dataset!r} (choose from {sorted(TOY_DATASETS)})")
+        if self.solver not in SOLVERS:
+            problems.append(f"solver {self.solver!r} (choose from {sorted(SOLVERS)})")
+        if self.adjoint not in ADJOINTS:
+            problems.append(f"adjoint {self.adjoint!r} (choose from {sorted(ADJOINTS)})")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} (choose from {sorted(ACTIVATIONS)})")
+        if self.trace not in ("exact", "hutchinson"):
+            problems.append(f"trace {self.trace!r} (choose from ['exact', 'hutchinson'])")
+        for name in ("iters", "batch_size", "num_blocks", "eval_every", "ckpt_every", "keep",
+                     "eval_size", "log_every", "max_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "t1", "rtol", "atol"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            problems.append("weight_decay and grad_clip must be non-negative")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            problems.append(f"hidden widths must be positive, got {self.hidden}")
+        if problems:
+            raise ValueError("invalid config: " + "; ".join(problems))
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        raw = json.loads(text)
+        raw["hidden"] = tuple(raw["hidden"])
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Config:
+        return cls.from_json((Path(run_dir) / "config.json").read_text())
+
+
+def build_flow(config: Config, dim: int = 2) -> CNF:
+    """The CNF a config describes, for training (its trace, throw=False, counting on)."""
+    rngs = nnx.Rngs(config.seed)
+    fields = [
+        ConcatSquashMLP(dim, config.hidden, activation=config.activation, rngs=rngs)
+        for _ in range(config.num_blocks)
+    ]
+    trace = Exact() if config.trace == "exact" else Hutchinson(config.noise)
+    return CNF(
+        fields,
+        t1=config.t1,
+        learn_t1=config.learn_t1,
+        trace=trace,
+        solver=SOLVERS[config.solver](),
+        stepsize_controller=diffrax.PIDController(rtol=config.rtol, atol=config.atol),
+        adjoint=ADJOINTS[config.adjoint](),
+        max_steps=config.max_steps,
+        throw=False,  # a failed solve is a NaN loss, and the step is skipped
+        count_backward=True,
+    )
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+    """AdamW with optional global-norm clipping; non-finite updates are skipped."""
+    parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
+    parts.append(optax.adamw(config.lr, weight_decay=config.weight_decay))
+    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=20)
