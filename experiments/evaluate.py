@@ -18,10 +18,10 @@ import jax
 import tyro
 
 from cnfax.audit import audit_flow
-from cnfax.data.toy import test_set
+from cnfax.data.toy import held_out_set
 from cnfax.plots import plot_panels, plot_trajectory
-from cnfax.train import load_run, test_nll
 from cnfax.trace import Exact
+from cnfax.train import load_run, test_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +39,34 @@ class EvalArgs:
 def evaluate_run(args: EvalArgs) -> dict:
     config, flow, step = load_run(args.run_dir, args.which)
     tight = flow.replace(
-        trace=Exact(), count_backward=False, throw=True,
+        trace=Exact(),
+        count_backward=False,
+        throw=True,
         stepsize_controller=diffrax.PIDController(rtol=args.tol, atol=args.tol),
     )
-    held_out = test_set(config.dataset, config.seed, args.test_size)
+    held_out = held_out_set(config.dataset, config.seed, args.test_size)
     start = time.perf_counter()
     nll = test_nll(tight, held_out)
     seconds = time.perf_counter() - start
     run_dir = Path(args.run_dir)
     if args.pictures:
         key = jax.random.key(config.seed + 1)
-        plot_panels(tight, held_out, run_dir / "panels.png", key=key,
-                    title=f"{config.dataset}: test NLL {nll:.3f} nats (step {step})")
+        plot_panels(
+            tight,
+            held_out,
+            run_dir / "panels.png",
+            key=key,
+            title=f"{config.dataset}: test NLL {nll:.3f} nats (step {step})",
+        )
         plot_trajectory(tight, run_dir / "trajectory.png", key=key)
     report = audit_flow(tight, held_out, max_examples=args.audit_examples)
     result = {
-        "dataset": config.dataset, "step": step, "which": args.which,
-        "test_nll": nll, "test_points": args.test_size, "eval_seconds": seconds,
+        "dataset": config.dataset,
+        "step": step,
+        "which": args.which,
+        "test_nll": nll,
+        "test_points": args.test_size,
+        "eval_seconds": seconds,
         "worst_round_trip": report.worst_round_trip,
         "worst_log_density_mismatch": report.worst_log_density,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 import tyro
-from evaluate import EvalArgs, main as evaluate_main
+from evaluate import main as evaluate_main
 
 from cnfax.experiment import Config
 from cnfax.train import train
@@ -28,9 +28,11 @@ def main(argv=None) -> int:
         final = train(config)
     except KeyboardInterrupt:
         return 130
-    print(f"trained {config.dataset} for {final.get('step')} steps: "
-          f"test NLL {final.get('test_nll', float('nan')):.4f} nats "
-          f"({final.get('wall_time', 0):.0f} s)")
+    print(
+        f"trained {config.dataset} for {final.get('step')} steps: "
+        f"test NLL {final.get('test_nll', float('nan')):.4f} nats "
+        f"({final.get('wall_time', 0):.0f} s)"
+    )
     eval_args = ["--run-dir", config.run_dir, "--test-size", "10000"]
     if not config.pictures:
         eval_args.append("--no-pictures")

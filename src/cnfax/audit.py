@@ -52,7 +52,9 @@ def _relative(a, b):
     return float(jnp.max(jnp.abs(a - b) / jnp.maximum(1.0, jnp.abs(b))))
 
 
-def audit_flow(flow: CNF, data: np.ndarray, *, max_examples: int = 10, seed: int = 0) -> AuditReport:
+def audit_flow(
+    flow: CNF, data: np.ndarray, *, max_examples: int = 10, seed: int = 0
+) -> AuditReport:
     """Run the audit on ``flow`` (use an exact-trace, tight-tolerance copy) around ``data``."""
     data = np.asarray(data, np.float32)
     worst = {"round_trip": 0.0, "log_density": 0.0, "examples": 0}
@@ -61,8 +63,13 @@ def audit_flow(flow: CNF, data: np.ndarray, *, max_examples: int = 10, seed: int
     radii = hnp.arrays(np.float64, (BATCH,), elements=st.floats(0.0, 4.0))
     angles = hnp.arrays(np.float64, (BATCH,), elements=st.floats(0.0, 2 * np.pi))
 
-    @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(indices, jitter, radii, angles)
     def check(index, noise, radius, angle):
         x = jnp.asarray(data[index] + noise, jnp.float32)

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a training run: the last N steps, and the best by test NLL.
 
 A checkpoint is one pytree: the flow's state, the optimizer's state, the step, the PRNG
-key and the data position, all as plain arrays (``nnx.State.to_pure_dict``). Two Orbax
+key and the data position, all as plain arrays (``nnx.to_pure_dict``). Two Orbax
 CheckpointManagers share the run directory: ``checkpoints/latest`` keeps the last
 ``keep`` saves; ``checkpoints/best`` keeps the one with the lowest test NLL. Orbax writes
 each step to a temporary directory and renames it when complete, so a crash mid-save

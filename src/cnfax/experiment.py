@@ -87,8 +87,17 @@ class Config:
             problems.append(f"activation {self.activation!r} (choose from {sorted(ACTIVATIONS)})")
         if self.trace not in ("exact", "hutchinson"):
             problems.append(f"trace {self.trace!r} (choose from ['exact', 'hutchinson'])")
-        for name in ("iters", "batch_size", "num_blocks", "eval_every", "ckpt_every", "keep",
-                     "eval_size", "log_every", "max_steps"):
+        for name in (
+            "iters",
+            "batch_size",
+            "num_blocks",
+            "eval_every",
+            "ckpt_every",
+            "keep",
+            "eval_size",
+            "log_every",
+            "max_steps",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr", "t1", "rtol", "atol"):

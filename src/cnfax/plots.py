@@ -20,13 +20,17 @@ def density_grid(flow, resolution: int = 100, limit: float = LIMIT, chunk: int =
     axis = np.linspace(-limit, limit, resolution, dtype=np.float32)
     grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     logp = np.concatenate(
-        [np.asarray(flow.log_prob(jnp.asarray(grid[i : i + chunk]))) for i in range(0, len(grid), chunk)]
+        [
+            np.asarray(flow.log_prob(jnp.asarray(grid[i : i + chunk])))
+            for i in range(0, len(grid), chunk)
+        ]
     )
     return axis, np.exp(logp).reshape(resolution, resolution)
 
 
-def plot_panels(flow, data: np.ndarray, path: str | Path, *, key, n_samples: int = 20_000,
-                title: str = "") -> Path:
+def plot_panels(
+    flow, data: np.ndarray, path: str | Path, *, key, n_samples: int = 20_000, title: str = ""
+) -> Path:
     """Data histogram, model density on a grid, and a histogram of model samples."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     bins = np.linspace(-LIMIT, LIMIT, 120)

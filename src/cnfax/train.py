@@ -9,6 +9,7 @@ therefore repeats exactly the steps an uninterrupted run takes.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
-from cnfax.data.toy import test_set, train_batch
+from cnfax.data.toy import held_out_set, train_batch
 from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_optimizer
 from cnfax.flow import CNF
 from cnfax.stats import backward_evaluations
@@ -68,8 +69,8 @@ def test_nll(flow: CNF, x: np.ndarray, chunk: int = 2000) -> float:
 
 def _checkpoint_tree(flow, optimizer, key, step, elapsed) -> dict:
     return {
-        "flow": nnx.state(flow).to_pure_dict(),
-        "optimizer": nnx.state(optimizer).to_pure_dict(),
+        "flow": nnx.to_pure_dict(nnx.state(flow)),
+        "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
         "key": jax.random.key_data(key),
         "step": np.asarray(step, np.int64),
         "data_index": np.asarray(step, np.int64),  # batches are indexed by step
@@ -142,12 +143,19 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         _, tree = checkpointer.restore(like)
         key, start, elapsed = _restore_into(flow, optimizer, tree)
         print(f"resumed {run_dir} at step {start}")
-    held_out = test_set(config.dataset, config.seed, config.eval_size)
+    held_out = held_out_set(config.dataset, config.seed, config.eval_size)
     end = config.iters if stop_at is None else min(stop_at, config.iters)
 
     metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
-    bar = tqdm(range(start, end), initial=start, total=config.iters, dynamic_ncols=True,
-               desc=config.dataset, disable=None)
+    # get_terminal_size falls back to 80 columns where a pty reports width 0.
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=config.iters,
+        desc=config.dataset,
+        ncols=shutil.get_terminal_size().columns,
+        disable=None,
+    )
     clock = time.perf_counter()
     completed = start
     last = {}
@@ -177,7 +185,8 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 metrics_file.flush()
             if done % config.ckpt_every == 0 or done == end:
                 checkpointer.save(
-                    done, _checkpoint_tree(flow, optimizer, key, done, row["wall_time"]),
+                    done,
+                    _checkpoint_tree(flow, optimizer, key, done, row["wall_time"]),
                     test_nll=row.get("test_nll"),
                 )
             last = row
@@ -185,7 +194,9 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         # Save the last completed step, so that the next run resumes where this one stopped.
         checkpointer.save(
             completed,
-            _checkpoint_tree(flow, optimizer, key, completed, elapsed + time.perf_counter() - clock),
+            _checkpoint_tree(
+                flow, optimizer, key, completed, elapsed + time.perf_counter() - clock
+            ),
         )
         print(f"\ninterrupted: saved a checkpoint at step {completed} in {run_dir}")
         raise

@@ -108,6 +108,6 @@ def train_batch(name: str, seed: int, index: int, n: int) -> np.ndarray:
     return sample_toy(name, np.random.default_rng([seed, _TRAIN_STREAM, index]), n)
 
 
-def test_set(name: str, seed: int, n: int) -> np.ndarray:
+def held_out_set(name: str, seed: int, n: int) -> np.ndarray:
     """Held-out points from a stream that no training batch uses."""
     return sample_toy(name, np.random.default_rng([seed, _TEST_STREAM]), n)

@@ -1,0 +1,24 @@
+"""Toy datasets: reproducible from a seed, independent train and test streams, bad names."""
+
+import numpy as np
+import pytest
+
+from cnfax.data import TOY_DATASETS, held_out_set, train_batch
+
+
+@pytest.mark.parametrize("name", sorted(TOY_DATASETS))
+def test_each_dataset_is_reproducible_finite_and_in_the_plot_window(name):
+    a, b = train_batch(name, 3, 7, 500), train_batch(name, 3, 7, 500)
+    assert a.shape == (500, 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(a))
+    assert np.mean(np.abs(a) < 4.5) > 0.97  # FFJORD's densities live in [-4, 4]^2
+    assert not np.array_equal(a, train_batch(name, 3, 8, 500)), "batches should differ"
+    assert not np.array_equal(a, train_batch(name, 4, 7, 500)), "seeds should differ"
+    held_out = held_out_set(name, 3, 500)
+    assert not np.isin(held_out, a).all(axis=1).any(), "test points should not be training points"
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown dataset 'spiral'.*8gaussians"):
+        train_batch("spiral", 0, 0, 10)

@@ -1,0 +1,154 @@
+"""Training: a short run lowers the loss and checkpoints; resume equals an uninterrupted run;
+evaluate works on a saved run and its audit passes; bad configs are refused."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cnfax.experiment import Config
+from cnfax.train import load_run, train
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+import evaluate  # noqa: E402
+
+SMALL = dict(
+    hidden=(16, 16),
+    batch_size=64,
+    eval_every=10,
+    ckpt_every=10,
+    eval_size=256,
+    log_every=5,
+    pictures=False,
+    lr=1e-2,
+)
+
+
+def _params(flow):
+    return [np.asarray(v) for v in jax.tree.leaves(nnx.state(flow, nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = Config(dataset="8gaussians", iters=30, run_dir=str(run_dir), **SMALL)
+    train(config)
+    return config
+
+
+def test_short_run_lowers_the_test_nll_and_writes_checkpoints(short_run):
+    run_dir = Path(short_run.run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["test_nll"] for r in rows if "test_nll" in r]
+    assert len(evals) == 3 and evals[-1] < evals[0] - 0.2
+    assert {
+        "step",
+        "train_loss",
+        "nfe_forward",
+        "nfe_backward",
+        "rejected",
+        "t1",
+        "wall_time",
+    } <= set(rows[-1])
+    assert rows[-1]["nfe_backward"] > 0 and rows[-1]["nfe_forward"] > 0
+    assert json.loads((run_dir / "config.json").read_text())["iters"] == 30
+    assert sorted(
+        int(p.name) for p in (run_dir / "checkpoints/latest").iterdir() if p.name.isdigit()
+    ) == [10, 20, 30]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, short_run):
+    config = dataclasses.replace(short_run, run_dir=str(tmp_path / "resumed"), iters=30)
+    train(config, stop_at=17)  # checkpoint at 17 (end of the interrupted run)
+    train(config)  # resumes at 17
+    _, resumed, step = load_run(config.run_dir)
+    _, uninterrupted, _ = load_run(short_run.run_dir)
+    assert step == 30
+    for a, b in zip(_params(resumed), _params(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_loads_the_run_and_its_audit_passes(short_run, capsys):
+    args = evaluate.EvalArgs(
+        run_dir=short_run.run_dir, test_size=1000, audit_examples=3, pictures=True
+    )
+    result = evaluate.evaluate_run(args)
+    assert np.isfinite(result["test_nll"]) and result["step"] == 30
+    assert result["worst_round_trip"] <= 1e-3
+    assert result["worst_log_density_mismatch"] <= 1e-2
+    assert "test NLL" in capsys.readouterr().out
+    assert (Path(short_run.run_dir) / "panels.png").stat().st_size > 10_000
+
+
+def test_a_run_directory_with_another_model_is_refused(short_run):
+    other = dataclasses.replace(short_run, hidden=(8,))
+    with pytest.raises(ValueError, match="different model.*hidden"):
+        train(other)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(dataset="spirals"), "dataset 'spirals'.*8gaussians"),
+        (dict(solver="rk45"), "solver 'rk45'.*dopri5"),
+        (dict(rtol=0.0), "rtol must be positive"),
+        (dict(batch_size=0), "batch_size must be positive"),
+        (dict(t1=-1.0), "t1 must be positive"),
+    ],
+)
+def test_bad_configs_are_refused_before_anything_compiles(change, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**change).validate()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
+    """SIGINT during training: exit code 130, a checkpoint at the last completed step."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    script = Path(__file__).parents[1] / "experiments" / "train.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--iters",
+        "100000",
+        "--run-dir",
+        str(run_dir),
+        "--hidden",
+        "8",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "100000",
+        "--ckpt-every",
+        "100000",
+        "--log-every",
+        "1",
+        "--no-pictures",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 3
+    ):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert "interrupted: saved a checkpoint at step" in output
+    saved = [int(p.name) for p in (run_dir / "checkpoints/latest").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and saved[0] >= 3
