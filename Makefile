@@ -32,3 +32,8 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) experiments/evaluate.py $(ARGS)
+
+# make bench (quick, < 10 min on 2 CPU cores) or make bench ARGS=--full
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) experiments/benchmark.py $(ARGS)

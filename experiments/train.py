@@ -14,7 +14,7 @@ import tyro
 from evaluate import main as evaluate_main
 
 from cnfax.experiment import Config
-from cnfax.train import train
+from cnfax.train import TrainingFailed, train
 
 
 def main(argv=None) -> int:
@@ -28,6 +28,9 @@ def main(argv=None) -> int:
         final = train(config)
     except KeyboardInterrupt:
         return 130
+    except TrainingFailed as failure:
+        print(f"error: training stopped: {failure}", file=sys.stderr)
+        return 1
     print(
         f"trained {config.dataset} for {final.get('step')} steps: "
         f"test NLL {final.get('test_nll', float('nan')):.4f} nats "

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from cnfax.experiment import Config
-from cnfax.train import load_run, train
+from cnfax.experiment import Config, build_flow, build_optimizer
+from cnfax.train import TrainingFailed, load_run, train, train_step
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 import evaluate  # noqa: E402
@@ -152,3 +153,41 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
     assert "interrupted: saved a checkpoint at step" in output
     saved = [int(p.name) for p in (run_dir / "checkpoints/latest").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and saved[0] >= 3
+
+
+def test_failed_steps_change_nothing_and_stop_the_run_with_the_cause(tmp_path):
+    """max_steps=2 makes every forward solve fail: each step is rejected, parameters stay at
+    their initial values, and after max_failures steps the run stops naming the cause."""
+    config = Config(
+        dataset="8gaussians",
+        iters=50,
+        run_dir=str(tmp_path / "failing"),
+        max_steps=2,
+        max_failures=3,
+        **SMALL,
+    )
+    with pytest.raises(TrainingFailed, match=r"3 consecutive failed steps.*max_steps=2"):
+        train(config)
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "failing" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows if "rejected_step" in r] == [1, 2, 3]
+    assert not (tmp_path / "failing" / "checkpoints" / "latest" / "1").exists()
+
+
+def test_a_step_with_a_non_finite_loss_leaves_parameters_and_optimizer_unchanged():
+    config = Config(**SMALL)
+    flow = build_flow(config)
+    optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
+    before = _params(flow)
+    opt_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(optimizer))]
+    x = jnp.full((8, 2), 1e30)  # finite input whose log-density overflows
+    loss, _ = train_step(flow, optimizer, x, jax.random.key(0))
+    assert not np.isfinite(float(loss))
+    for a, b in zip(_params(flow), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    opt_after = [np.asarray(v) for v in jax.tree.leaves(nnx.state(optimizer))]
+    # only step and failure counters move (integers and flags); Adam's moments do not
+    changed = [a for a, b in zip(opt_after, opt_before, strict=True) if not np.array_equal(a, b)]
+    assert changed and all(not np.issubdtype(a.dtype, np.floating) for a in changed)

@@ -72,6 +72,9 @@ class Config:
     """held-out points for the test NLL logged during training"""
     log_every: int = 10
     max_steps: int = 4096
+    """step budget of each solve; a solve that runs out fails its training step"""
+    max_failures: int = 10
+    """stop after this many consecutive failed steps (non-finite loss or failed solve)"""
     pictures: bool = True
 
     def validate(self) -> Config:
@@ -148,7 +151,10 @@ def build_flow(config: Config, dim: int = 2) -> CNF:
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
-    """AdamW with optional global-norm clipping; non-finite updates are skipped."""
+    """AdamW with optional global-norm clipping. A non-finite gradient leaves parameters and
+    optimizer state unchanged (optax.apply_if_finite); the training loop counts such steps
+    and stops the run after ``max_failures`` in a row, so the wrapper's own limit (after
+    which it would apply non-finite updates) is never reached."""
     parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
     parts.append(optax.adamw(config.lr, weight_decay=config.weight_decay))
-    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=20)
+    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)

@@ -9,6 +9,7 @@ therefore repeats exactly the steps an uninterrupted run takes.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ def train_step(flow: CNF, optimizer: nnx.Optimizer, x, key):
         return -jnp.mean(logp), stats
 
     (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(flow)
+    # A non-finite loss can come with finite gradients (an overflowing log-density, say):
+    # poison them, so that apply_if_finite rejects the whole update.
+    ok = jnp.isfinite(loss) & stats.success
+    grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(flow, grads)
     return loss, stats
 
@@ -65,6 +70,21 @@ def test_nll(flow: CNF, x: np.ndarray, chunk: int = 2000) -> float:
         nll, _ = mean_nll(flow, jnp.asarray(part))
         total += float(nll) * len(part)
     return total / len(x)
+
+
+def _describe(error: RuntimeError, config: Config) -> str:
+    """A one-line cause for an error raised inside a training step."""
+    text = str(error)
+    if "maximum number of solver steps" in text or "max_steps" in text:
+        return (
+            f"a solve reached max_steps={config.max_steps} (rtol={config.rtol}, atol={config.atol})"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:200]
+
+
+class TrainingFailed(RuntimeError):
+    """Too many consecutive failed steps; the message names the cause and last checkpoint."""
 
 
 def _checkpoint_tree(flow, optimizer, key, step, elapsed) -> dict:
@@ -159,13 +179,35 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     clock = time.perf_counter()
     completed = start
     last = {}
+    failures = rejected_total = 0
     try:
         for step in bar:
             x = jnp.asarray(train_batch(config.dataset, config.seed, step, config.batch_size))
             backward_evaluations.reset()
-            loss, stats = train_step(flow, optimizer, x, jax.random.fold_in(key, step))
+            try:
+                loss, stats = train_step(flow, optimizer, x, jax.random.fold_in(key, step))
+                loss, cause = float(loss), None
+                if not bool(stats.success):
+                    cause = f"forward solve reached max_steps={config.max_steps}"
+                elif not math.isfinite(loss):
+                    cause = f"non-finite loss {loss}"
+            except RuntimeError as error:  # e.g. the backward solve ran out of steps
+                # nnx.jit writes state back only on success: nothing was updated.
+                loss, stats, cause = float("nan"), None, _describe(error, config)
             completed = done = step + 1
-            loss = float(loss)
+            if cause is not None:
+                # apply_if_finite left parameters and optimizer state unchanged.
+                failures += 1
+                rejected_total += 1
+                metrics_file.write(json.dumps({"step": done, "rejected_step": cause}) + "\n")
+                if failures >= config.max_failures:
+                    good = checkpointer.latest_step()
+                    raise TrainingFailed(
+                        f"{failures} consecutive failed steps (last: {cause}); last good "
+                        f"checkpoint: step {good} in {run_dir / 'checkpoints/latest'}"
+                    )
+                continue
+            failures = 0
             row = {
                 "step": done,
                 "train_loss": loss,
@@ -173,7 +215,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 "nfe_backward": backward_evaluations.count,
                 "rejected": int(stats.rejected),
                 "t1": float(jnp.sum(flow.end_times)),
-                "solve_ok": bool(stats.success),
+                "rejected_steps_total": rejected_total,
             }
             bar.set_postfix(loss=f"{loss:.3f}", nfe=f"{row['nfe_forward']}/{row['nfe_backward']}")
             evaluate_now = done % config.eval_every == 0 or done == end
