@@ -173,7 +173,9 @@ def shared_vs_per_sample(batch, repeats):
         flow = make_flow(2, (64, 64, 64), cnfax.Exact(), per_sample=mode == "per-sample")
         solve = nnx.jit(lambda f, x: f.log_prob_and_stats(x))
         _, stats = solve(flow, x)
-        seconds = median_time(lambda: jax.block_until_ready(solve(flow, x)), repeats)
+        seconds = median_time(
+            lambda solve=solve, flow=flow: jax.block_until_ready(solve(flow, x)), repeats
+        )
         rows.append({"mode": mode, "batch": batch, "nfe": int(stats.nfe), "ms": 1e3 * seconds})
     return rows
 
