@@ -40,3 +40,19 @@ def test_non_finite_values_are_never_checkpointed(tmp_path):
         ckpt.save(1, bad)
     assert ckpt.latest_step() is None
     ckpt.close()
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=3)
+    ckpt.save(1, _tree(1.0))
+    ckpt.save(2, _tree(2.0))
+    ckpt.close()
+    for path in (tmp_path / "checkpoints" / "latest" / "2").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])  # truncate
+    reopened = Checkpointer(tmp_path, keep=3)
+    with pytest.warns(UserWarning, match="step 2 .* unreadable"):
+        step, tree = reopened.restore(_tree())
+    assert step == 1
+    np.testing.assert_array_equal(tree["params"]["w"], _tree(1.0)["params"]["w"])
+    reopened.close()

@@ -191,3 +191,59 @@ def test_a_step_with_a_non_finite_loss_leaves_parameters_and_optimizer_unchanged
     # only step and failure counters move (integers and flags); Adam's moments do not
     changed = [a for a, b in zip(opt_after, opt_before, strict=True) if not np.array_equal(a, b)]
     assert changed and all(not np.issubdtype(a.dtype, np.floating) for a in changed)
+
+
+def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp_path):
+    """Kill -9 the trainer the moment Orbax has a save in flight (its temporary directory
+    exists); the next run must resume from the newest complete checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    run_dir = tmp_path / "killed"
+    script = Path(__file__).parents[1] / "experiments" / "train.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--iters",
+        "100000",
+        "--run-dir",
+        str(run_dir),
+        "--hidden",
+        "8",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "100000",
+        "--ckpt-every",
+        "1",
+        "--keep",
+        "2",
+        "--no-pictures",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    latest = run_dir / "checkpoints" / "latest"
+    caught_mid_save = False
+    deadline = time.time() + 240
+    while time.time() < deadline and not caught_mid_save:
+        if latest.exists():
+            entries = [p.name for p in latest.iterdir()]
+            complete = [n for n in entries if n.isdigit()]
+            caught_mid_save = len(complete) >= 2 and any("tmp" in n for n in entries)
+        if not caught_mid_save:
+            time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert caught_mid_save, "never saw a save in flight"
+    complete = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    config = Config.load(run_dir)
+    _, _, step = load_run(run_dir)
+    assert step == complete[-1]
+    final = train(dataclasses.replace(config, iters=step + 2, ckpt_every=1))
+    assert final["step"] == step + 2

@@ -11,6 +11,7 @@ leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,35 @@ class Checkpointer:
         return self.latest.latest_step()
 
     def restore(self, like: Any, which: str = "latest") -> tuple[int, Any]:
-        """Restore the latest (or ``which="best"``) checkpoint into the structure of ``like``."""
+        """Restore the latest (or ``which="best"``) checkpoint into the structure of ``like``.
+
+        A checkpoint that cannot be read (truncated or corrupted files) or that holds
+        non-finite values is skipped with a warning, and the next older one is tried.
+        """
         manager = self.best if which == "best" else self.latest
-        step = manager.best_step() if which == "best" else manager.latest_step()
-        if step is None:
+        steps = [manager.best_step()] if which == "best" else []
+        steps += sorted(manager.all_steps(), reverse=True)
+        steps = list(dict.fromkeys(s for s in steps if s is not None))
+        if not steps:
             raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        for step in steps:
+            try:
+                tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:  # Orbax raises many types for unreadable files
+                warnings.warn(
+                    f"checkpoint step {step} in {manager.directory} is unreadable "
+                    f"({type(error).__name__}); falling back to an older one",
+                    stacklevel=2,
+                )
+                continue
+            if not _all_finite(tree):
+                warnings.warn(
+                    f"checkpoint step {step} holds non-finite values; skipped", stacklevel=2
+                )
+                continue
+            return step, tree
+        raise FileNotFoundError(f"no readable {which} checkpoint in {manager.directory}")
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
