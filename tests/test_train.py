@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from cnfax.experiment import Config, build_flow, build_optimizer
+from cnfax.parallel import data_mesh
 from cnfax.train import TrainingFailed, load_run, train, train_step
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
@@ -183,7 +184,7 @@ def test_a_step_with_a_non_finite_loss_leaves_parameters_and_optimizer_unchanged
     before = _params(flow)
     opt_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(optimizer))]
     x = jnp.full((8, 2), 1e30)  # finite input whose log-density overflows
-    loss, _ = train_step(flow, optimizer, x, jax.random.key(0))
+    loss, _ = train_step(flow, optimizer, x, jax.random.key(0), data_mesh())
     assert not np.isfinite(float(loss))
     for a, b in zip(_params(flow), before, strict=True):
         np.testing.assert_array_equal(a, b)

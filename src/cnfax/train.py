@@ -8,6 +8,7 @@ therefore repeats exactly the steps an uninterrupted run takes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -18,25 +19,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
 from cnfax.data.toy import held_out_set, train_batch
 from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_optimizer
 from cnfax.flow import CNF
+from cnfax.parallel import (
+    check_divisible,
+    data_mesh,
+    data_parallel_nll,
+    data_parallel_nll_and_grad,
+    shard_batch,
+)
 from cnfax.stats import backward_evaluations
 from cnfax.trace import Exact
 
 
-@nnx.jit
-def train_step(flow: CNF, optimizer: nnx.Optimizer, x, key):
-    """One maximum-likelihood step; returns (loss, forward solve statistics)."""
-
-    def loss_fn(flow):
-        logp, stats = flow.log_prob_and_stats(x, key=key)
-        return -jnp.mean(logp), stats
-
-    (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(flow)
+@functools.partial(nnx.jit, static_argnames="mesh")
+def train_step(flow: CNF, optimizer: nnx.Optimizer, x, key, mesh: Mesh):
+    """One maximum-likelihood step over the sharded batch x; returns (loss, solve statistics)."""
+    loss, stats, grads = data_parallel_nll_and_grad(flow, x, key, mesh)
     # A non-finite loss can come with finite gradients (an overflowing log-density, say):
     # poison them, so that apply_if_finite rejects the whole update.
     ok = jnp.isfinite(loss) & stats.success
@@ -45,11 +49,16 @@ def train_step(flow: CNF, optimizer: nnx.Optimizer, x, key):
     return loss, stats
 
 
-@nnx.jit
-def mean_nll(flow: CNF, x):
-    """Mean negative log-likelihood (nats) and the solve's statistics."""
-    logp, stats = flow.log_prob_and_stats(x)
-    return -jnp.mean(logp), stats
+@functools.partial(nnx.jit, static_argnames="mesh")
+def mean_nll(flow: CNF, x, mesh: Mesh):
+    """Mean negative log-likelihood (nats) of a sharded batch, and the solve's statistics."""
+    return data_parallel_nll(flow, x, mesh)
+
+
+def local_rows(batch: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch (every process generates the same batch)."""
+    rows = len(batch) // jax.process_count()
+    return batch[jax.process_index() * rows : (jax.process_index() + 1) * rows]
 
 
 def evaluation_flow(flow: CNF) -> CNF:
@@ -57,8 +66,10 @@ def evaluation_flow(flow: CNF) -> CNF:
     return flow.replace(trace=Exact(), count_backward=False)
 
 
-def test_nll(flow: CNF, x: np.ndarray, chunk: int = 2000) -> float:
-    """Exact-trace test NLL over x, in chunks of one shape (one compilation)."""
+def test_nll(flow: CNF, x: np.ndarray, mesh: Mesh | None = None, chunk: int = 2000) -> float:
+    """Exact-trace test NLL over x, in sharded chunks of one shape (one compilation)."""
+    mesh = data_mesh() if mesh is None else mesh
+    chunk -= chunk % mesh.shape["data"]
     total = 0.0
     for i in range(0, len(x), chunk):
         part = x[i : i + chunk]
@@ -67,7 +78,7 @@ def test_nll(flow: CNF, x: np.ndarray, chunk: int = 2000) -> float:
             logp = -np.asarray(flow.log_prob(jnp.asarray(padded)))[: len(part)]
             total += float(np.sum(logp))
             continue
-        nll, _ = mean_nll(flow, jnp.asarray(part))
+        nll, _ = mean_nll(flow, shard_batch(local_rows(part), mesh), mesh)
         total += float(nll) * len(part)
     return total / len(x)
 
@@ -163,6 +174,8 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         _, tree = checkpointer.restore(like)
         key, start, elapsed = _restore_into(flow, optimizer, tree)
         print(f"resumed {run_dir} at step {start}")
+    mesh = data_mesh()
+    check_divisible(config.batch_size, mesh)
     held_out = held_out_set(config.dataset, config.seed, config.eval_size)
     end = config.iters if stop_at is None else min(stop_at, config.iters)
 
@@ -182,10 +195,11 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     failures = rejected_total = 0
     try:
         for step in bar:
-            x = jnp.asarray(train_batch(config.dataset, config.seed, step, config.batch_size))
+            batch = train_batch(config.dataset, config.seed, step, config.batch_size)
+            x = shard_batch(local_rows(batch), mesh)
             backward_evaluations.reset()
             try:
-                loss, stats = train_step(flow, optimizer, x, jax.random.fold_in(key, step))
+                loss, stats = train_step(flow, optimizer, x, jax.random.fold_in(key, step), mesh)
                 loss, cause = float(loss), None
                 if not bool(stats.success):
                     cause = f"forward solve reached max_steps={config.max_steps}"
@@ -220,7 +234,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             bar.set_postfix(loss=f"{loss:.3f}", nfe=f"{row['nfe_forward']}/{row['nfe_backward']}")
             evaluate_now = done % config.eval_every == 0 or done == end
             if evaluate_now:
-                row["test_nll"] = test_nll(evaluator, held_out)
+                row["test_nll"] = test_nll(evaluator, held_out, mesh)
             row["wall_time"] = elapsed + time.perf_counter() - clock
             if evaluate_now or done % config.log_every == 0:
                 metrics_file.write(json.dumps(row) + "\n")

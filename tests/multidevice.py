@@ -1,0 +1,82 @@
+"""Checks that need 4 devices; tests/test_parallel.py runs this file in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (the flag must precede JAX's start).
+
+    python tests/multidevice.py RUN_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import cnfax
+from cnfax.experiment import Config
+from cnfax.parallel import data_mesh, data_parallel_nll_and_grad, shard_batch
+from cnfax.train import train
+
+
+def check_sharded_gradient_is_the_mean_of_per_shard_gradients():
+    mesh = data_mesh()
+    field = cnfax.ConcatSquashMLP(2, (16, 16), rngs=nnx.Rngs(0))
+    flow = cnfax.CNF(field, t1=0.5, trace=cnfax.Hutchinson("rademacher"), learn_t1=True)
+    x = jax.random.normal(jax.random.key(1), (64, 2))
+    key = jax.random.key(2)
+    loss, stats, grads = nnx.jit(data_parallel_nll_and_grad, static_argnames="mesh")(
+        flow, shard_batch(np.asarray(x), mesh), key, mesh
+    )
+    per_shard = []
+    for i, part in enumerate(jnp.split(x, 4)):
+        shard_key = jax.random.fold_in(key, i)
+        per_shard.append(
+            nnx.grad(lambda f, p=part, k=shard_key: -jnp.mean(f.log_prob(p, key=k)))(flow)
+        )
+    expected = jax.tree.map(lambda *g: sum(g) / 4, *per_shard)
+    flat = lambda t: jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(t)])  # noqa: E731
+    error = float(jnp.linalg.norm(flat(grads) - flat(expected)) / jnp.linalg.norm(flat(expected)))
+    assert error <= 1e-5, error
+    assert bool(stats.success) and int(stats.nfe) > 0
+    return error
+
+
+def check_indivisible_batch_is_refused(run_dir):
+    try:
+        train(Config(batch_size=30, iters=1, run_dir=str(run_dir / "indivisible")))
+    except ValueError as problem:
+        assert "does not divide over 4 devices" in str(problem), problem
+        return str(problem)
+    raise AssertionError("a batch of 30 over 4 devices was accepted")
+
+
+def check_short_sharded_run_lowers_the_loss(run_dir):
+    config = Config(
+        dataset="8gaussians",
+        iters=20,
+        run_dir=str(run_dir / "sharded"),
+        hidden=(16, 16),
+        batch_size=64,
+        eval_every=10,
+        ckpt_every=10,
+        eval_size=256,
+        pictures=False,
+        lr=1e-2,
+    )
+    train(config)
+    rows = [json.loads(r) for r in (run_dir / "sharded/metrics.jsonl").read_text().splitlines()]
+    nlls = [r["test_nll"] for r in rows if "test_nll" in r]
+    assert nlls[-1] < nlls[0] - 0.1, nlls
+    return nlls
+
+
+if __name__ == "__main__":
+    assert jax.device_count() == 4, jax.devices()
+    out = Path(sys.argv[1])
+    report = {
+        "gradient_relative_error": check_sharded_gradient_is_the_mean_of_per_shard_gradients(),
+        "indivisible": check_indivisible_batch_is_refused(out),
+        "test_nlls": check_short_sharded_run_lowers_the_loss(out),
+    }
+    print(json.dumps(report))
