@@ -8,8 +8,10 @@ Running again with the same --run-dir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 import tyro
 from evaluate import main as evaluate_main
 
@@ -17,7 +19,19 @@ from cnfax.experiment import Config
 from cnfax.train import TrainingFailed, train
 
 
+def initialize_distributed() -> None:
+    """Join a multi-host run when CNFAX_COORDINATOR (host:port of process 0),
+    CNFAX_NUM_PROCESSES and CNFAX_PROCESS_ID are set; a no-op otherwise."""
+    if "CNFAX_COORDINATOR" in os.environ:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["CNFAX_COORDINATOR"],
+            num_processes=int(os.environ["CNFAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["CNFAX_PROCESS_ID"]),
+        )
+
+
 def main(argv=None) -> int:
+    initialize_distributed()
     config = tyro.cli(Config, args=argv)
     try:
         config.validate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -161,7 +162,9 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     run_dir = Path(config.run_dir)
     _check_resumable(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())
+    lead = jax.process_index() == 0  # one process writes config, metrics and the bar
+    if lead:
+        (run_dir / "config.json").write_text(config.to_json())
 
     flow = build_flow(config)
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
@@ -179,7 +182,8 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     held_out = held_out_set(config.dataset, config.seed, config.eval_size)
     end = config.iters if stop_at is None else min(stop_at, config.iters)
 
-    metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
+    metrics_path = run_dir / "metrics.jsonl" if lead else Path(os.devnull)
+    metrics_file = open(metrics_path, "a")  # noqa: SIM115 (closed below)
     # get_terminal_size falls back to 80 columns where a pty reports width 0.
     bar = tqdm(
         range(start, end),
@@ -187,7 +191,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         total=config.iters,
         desc=config.dataset,
         ncols=shutil.get_terminal_size().columns,
-        disable=None,
+        disable=None if lead else True,
     )
     clock = time.perf_counter()
     completed = start
