@@ -99,3 +99,23 @@ def test_gradient_through_blocks_and_float32_defaults_is_finite_and_nonzero():
     x = jax.random.normal(jax.random.key(0), (16, 2))
     g = nll_grad(flow, x, jax.random.key(1))
     assert jnp.all(jnp.isfinite(g)) and jnp.linalg.norm(g) > 0
+
+
+def test_learned_end_time_with_fixed_steps_under_backsolve():
+    """dt0 depends on T (a step in s units is dt0 / T): it must not block the gradient."""
+    with jax.enable_x64(True):
+        a = np.array([[0.3, -0.5], [0.2, 0.1]])
+        x = jnp.array([[0.5, -1.0], [1.5, 0.3]])
+        flow = cnfax.CNF(
+            LinearField(a),
+            t1=0.8,
+            learn_t1=True,
+            solver=cnfax.RK4(),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            dt0=0.01,
+        )
+        grads = nnx.grad(lambda f: jnp.sum(f.log_prob(x)))(flow)
+        closed = jax.grad(lambda s: jnp.sum(linear_flow_log_prob([jnp.asarray(a)], s**2, x)))(
+            jnp.sqrt(0.8)
+        )
+        np.testing.assert_allclose(grads["sqrt_t1"][...][0], closed, rtol=1e-6)

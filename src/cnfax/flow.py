@@ -290,7 +290,9 @@ class CNF(nnx.Module):
             y0 = {"z": z}
             if with_logp:
                 y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
-            ds0 = None if opts.dt0 is None else opts.dt0 / end_time
+            # The step in s units; not differentiated (no adjoint can differentiate dt0,
+            # and the solution's dependence on T flows through the field's T instead).
+            ds0 = None if opts.dt0 is None else opts.dt0 / jax.lax.stop_gradient(end_time)
             sol = diffrax.diffeqsolve(
                 term,
                 opts.solver,
