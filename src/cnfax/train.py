@@ -13,6 +13,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,30 @@ def _describe(error: RuntimeError, config: Config) -> str:
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if lines else type(error).__name__)[:200]
+
+
+class _StopOnInterrupt:
+    """Turn the first Ctrl-C into a request that the loop honours between steps.
+
+    A KeyboardInterrupt raised wherever the signal lands could fall inside a host callback
+    of the compiled step, where XLA reports it as a RuntimeError (a failed step) instead of
+    an interruption. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class TrainingFailed(RuntimeError):
@@ -197,8 +223,11 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     completed = start
     last = {}
     failures = rejected_total = 0
+    stop = _StopOnInterrupt()
     try:
         for step in bar:
+            if stop.requested:
+                raise KeyboardInterrupt
             batch = train_batch(config.dataset, config.seed, step, config.batch_size)
             x = shard_batch(local_rows(batch), mesh)
             backward_evaluations.reset()
@@ -261,6 +290,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         print(f"\ninterrupted: saved a checkpoint at step {completed} in {run_dir}")
         raise
     finally:
+        stop.restore()
         bar.close()
         metrics_file.close()
         checkpointer.close()
