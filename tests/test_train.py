@@ -3,7 +3,11 @@ evaluate works on a saved run and its audit passes; bad configs are refused."""
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -108,14 +112,8 @@ def test_bad_configs_are_refused_before_anything_compiles(change, message):
         Config(**change).validate()
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
-    """SIGINT during training: exit code 130, a checkpoint at the last completed step."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    run_dir = tmp_path / "interrupted"
+def _start_trainer(run_dir, *flags, **popen):
+    """experiments/train.py in a subprocess: a tiny model that would train for ever."""
     script = Path(__file__).parents[1] / "experiments" / "train.py"
     cmd = [
         sys.executable,
@@ -126,21 +124,28 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
         str(run_dir),
         "--hidden",
         "8",
-        "--batch-size",
-        "32",
         "--eval-every",
         "100000",
+        "--no-pictures",
+        *flags,
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(cmd, env=env, **popen)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
+    """SIGINT during training: exit code 130, a checkpoint at the last completed step."""
+    run_dir = tmp_path / "interrupted"
+    proc = _start_trainer(
+        run_dir,
+        "--batch-size",
+        "32",
         "--ckpt-every",
         "100000",
         "--log-every",
         "1",
-        "--no-pictures",
-    ]
-    proc = subprocess.Popen(
-        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -197,37 +202,17 @@ def test_a_step_with_a_non_finite_loss_leaves_parameters_and_optimizer_unchanged
 def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp_path):
     """Kill -9 the trainer the moment Orbax has a save in flight (its temporary directory
     exists); the next run must resume from the newest complete checkpoint."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     run_dir = tmp_path / "killed"
-    script = Path(__file__).parents[1] / "experiments" / "train.py"
-    cmd = [
-        sys.executable,
-        str(script),
-        "--iters",
-        "100000",
-        "--run-dir",
-        str(run_dir),
-        "--hidden",
-        "8",
+    proc = _start_trainer(
+        run_dir,
         "--batch-size",
         "16",
-        "--eval-every",
-        "100000",
         "--ckpt-every",
         "1",
         "--keep",
         "2",
-        "--no-pictures",
-    ]
-    proc = subprocess.Popen(
-        cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     latest = run_dir / "checkpoints" / "latest"
     caught_mid_save = False
