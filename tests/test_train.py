@@ -159,6 +159,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
     assert "interrupted: saved a checkpoint at step" in output
     saved = [int(p.name) for p in (run_dir / "checkpoints/latest").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and saved[0] >= 3
+    config = dataclasses.replace(Config.load(run_dir), iters=saved[0] + 2)
+    assert train(config)["step"] == saved[0] + 2
+    steps = [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(saved[0] + 1) == 1, "the resumed run continues after the saved step"
 
 
 def test_failed_steps_change_nothing_and_stop_the_run_with_the_cause(tmp_path):
