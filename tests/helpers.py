@@ -29,3 +29,16 @@ def linear_flow_log_prob(matrices, end_time, x):
 def examples(cap: int) -> int:
     """The active profile's example count, capped for tests whose examples are expensive."""
     return min(settings.default.max_examples, cap)
+
+
+# A training config small enough for tests: two tiny hidden layers, evaluation and
+# checkpoints every 10 steps, no pictures.
+SMALL_TRAINING = dict(
+    hidden=(16, 16),
+    batch_size=64,
+    eval_every=10,
+    ckpt_every=10,
+    eval_size=256,
+    pictures=False,
+    lr=1e-2,
+)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from helpers import SMALL_TRAINING
 
 import cnfax
 from cnfax.experiment import Config
@@ -53,16 +54,7 @@ def check_indivisible_batch_is_refused(run_dir):
 
 def check_short_sharded_run_lowers_the_loss(run_dir):
     config = Config(
-        dataset="8gaussians",
-        iters=20,
-        run_dir=str(run_dir / "sharded"),
-        hidden=(16, 16),
-        batch_size=64,
-        eval_every=10,
-        ckpt_every=10,
-        eval_size=256,
-        pictures=False,
-        lr=1e-2,
+        dataset="8gaussians", iters=20, run_dir=str(run_dir / "sharded"), **SMALL_TRAINING
     )
     train(config)
     rows = [json.loads(r) for r in (run_dir / "sharded/metrics.jsonl").read_text().splitlines()]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import SMALL_TRAINING
 
 from cnfax.experiment import Config, build_flow, build_optimizer
 from cnfax.parallel import data_mesh
@@ -23,16 +24,7 @@ from cnfax.train import TrainingFailed, load_run, train, train_step
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 import evaluate  # noqa: E402
 
-SMALL = dict(
-    hidden=(16, 16),
-    batch_size=64,
-    eval_every=10,
-    ckpt_every=10,
-    eval_size=256,
-    log_every=5,
-    pictures=False,
-    lr=1e-2,
-)
+SMALL = dict(SMALL_TRAINING, log_every=5)
 
 
 def _params(flow):
