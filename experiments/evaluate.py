@@ -21,7 +21,7 @@ from cnfax.audit import audit_flow
 from cnfax.data.toy import held_out_set
 from cnfax.plots import plot_panels, plot_trajectory
 from cnfax.trace import Exact
-from cnfax.train import load_run, test_nll
+from cnfax.train import held_out_nll, load_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def evaluate_run(args: EvalArgs) -> dict:
     )
     held_out = held_out_set(config.dataset, config.seed, args.test_size)
     start = time.perf_counter()
-    nll = test_nll(tight, held_out)
+    nll, nfe = held_out_nll(tight, held_out)
     seconds = time.perf_counter() - start
     run_dir = Path(args.run_dir)
     if args.pictures:
@@ -66,6 +66,7 @@ def evaluate_run(args: EvalArgs) -> dict:
         "which": args.which,
         "test_nll": nll,
         "test_points": args.test_size,
+        "test_nfe": nfe,
         "eval_seconds": seconds,
         "worst_round_trip": report.worst_round_trip,
         "worst_log_density_mismatch": report.worst_log_density,
@@ -73,7 +74,8 @@ def evaluate_run(args: EvalArgs) -> dict:
     (run_dir / f"evaluation_{args.which}.json").write_text(json.dumps(result, indent=2))
     print(
         f"{config.dataset} step {step} ({args.which}): test NLL {nll:.4f} nats on "
-        f"{args.test_size} points (exact trace, tol {args.tol:g}); {report.summary()}"
+        f"{args.test_size} points (exact trace, tol {args.tol:g}, NFE {nfe}); "
+        f"{report.summary()}"
     )
     return result
 

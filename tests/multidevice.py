@@ -16,7 +16,8 @@ from helpers import SMALL_TRAINING
 
 import cnfax
 from cnfax.experiment import Config
-from cnfax.parallel import data_mesh, data_parallel_nll_and_grad, shard_batch
+from cnfax.objectives import MaximumLikelihood
+from cnfax.parallel import data_mesh, data_parallel_loss_and_grad, shard_batch
 from cnfax.train import train
 
 
@@ -26,8 +27,9 @@ def check_sharded_gradient_is_the_mean_of_per_shard_gradients():
     flow = cnfax.CNF(field, t1=0.5, trace=cnfax.Hutchinson("rademacher"), learn_t1=True)
     x = jax.random.normal(jax.random.key(1), (64, 2))
     key = jax.random.key(2)
-    loss, stats, grads = nnx.jit(data_parallel_nll_and_grad, static_argnames="mesh")(
-        flow, shard_batch(np.asarray(x), mesh), key, mesh
+    step = nnx.jit(data_parallel_loss_and_grad, static_argnames=("objective", "mesh"))
+    loss, stats, _, grads = step(
+        MaximumLikelihood(), flow, shard_batch(np.asarray(x), mesh), key, mesh
     )
     per_shard = []
     for i, part in enumerate(jnp.split(x, 4)):

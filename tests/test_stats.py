@@ -51,7 +51,7 @@ def test_nfe_estimate_equals_counted_evaluations(solver, trace):
     if trace == "exact":
         _, stats = flow.log_prob_and_stats(x)
     else:
-        _, _, stats = flow._transform(x, -1, with_logp=False)
+        _, _, _, stats = flow._transform(x, -1, with_logp=False)
     jax.effects_barrier()
     # Each evaluation of the augmented field calls the inner field once (the exact trace
     # linearises it once and reuses the linear map for all d columns).

@@ -19,6 +19,7 @@ from flax import nnx
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.fields import ACTIVATIONS, ConcatSquashMLP
 from cnfax.flow import CNF
+from cnfax.objectives import FlowMatching, MaximumLikelihood
 from cnfax.trace import Exact, Hutchinson
 
 SOLVERS = {
@@ -53,9 +54,23 @@ class Config:
     activation: str = "tanh"
     t1: float = 0.5
     learn_t1: bool = False
+    objective: Literal["mle", "flow-matching"] = "mle"
+    """maximum likelihood through the solve, or simulation-free flow matching"""
+    kinetic_energy: float = 0.0
+    """RNODE weight on int |f|^2 dt (maximum likelihood only)"""
+    jacobian_norm: float = 0.0
+    """RNODE weight on int ||df/dz||_F^2 dt (maximum likelihood only)"""
+    t1_penalty: float = 0.0
+    """weight on the sum of learned end times (with --learn-t1)"""
+    sigma_min: float = 1e-4
+    """flow matching: width of the path's end around each data point"""
+    coupling: Literal["independent", "ot"] = "independent"
+    """flow matching: independent pairs, or minibatch optimal-transport pairs"""
     trace: Literal["exact", "hutchinson"] = "exact"
     """divergence in training (evaluation always uses the exact trace)"""
     noise: Literal["rademacher", "gaussian"] = "rademacher"
+    probes: int = 1
+    """Hutchinson noise vectors per point, averaged"""
     solver: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
@@ -90,6 +105,24 @@ class Config:
             problems.append(f"activation {self.activation!r} (choose from {sorted(ACTIVATIONS)})")
         if self.trace not in ("exact", "hutchinson"):
             problems.append(f"trace {self.trace!r} (choose from ['exact', 'hutchinson'])")
+        if self.objective not in ("mle", "flow-matching"):
+            problems.append(f"objective {self.objective!r} (choose from ['mle', 'flow-matching'])")
+        if self.coupling not in ("independent", "ot"):
+            problems.append(f"coupling {self.coupling!r} (choose from ['independent', 'ot'])")
+        for name in ("kinetic_energy", "jacobian_norm", "t1_penalty", "sigma_min"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not self.sigma_min < 1:
+            problems.append(f"sigma_min must be below 1, got {self.sigma_min}")
+        if self.objective == "flow-matching":
+            if self.learn_t1 or self.num_blocks != 1:
+                problems.append("flow-matching trains one block with a fixed end time")
+            if self.kinetic_energy or self.jacobian_norm or self.t1_penalty:
+                problems.append(
+                    "kinetic_energy, jacobian_norm and t1_penalty apply to --objective mle"
+                )
+        if self.t1_penalty and not self.learn_t1:
+            problems.append("t1_penalty needs --learn-t1")
         for name in (
             "iters",
             "batch_size",
@@ -100,6 +133,7 @@ class Config:
             "eval_size",
             "log_every",
             "max_steps",
+            "probes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
@@ -135,7 +169,7 @@ def build_flow(config: Config, dim: int = 2) -> CNF:
         ConcatSquashMLP(dim, config.hidden, activation=config.activation, rngs=rngs)
         for _ in range(config.num_blocks)
     ]
-    trace = Exact() if config.trace == "exact" else Hutchinson(config.noise)
+    trace = Exact() if config.trace == "exact" else Hutchinson(config.noise, config.probes)
     return CNF(
         fields,
         t1=config.t1,
@@ -158,3 +192,14 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
     parts.append(optax.adamw(config.lr, weight_decay=config.weight_decay))
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
+
+
+def build_objective(config: Config) -> MaximumLikelihood | FlowMatching:
+    """The training objective a config names (see :mod:`cnfax.objectives`)."""
+    if config.objective == "flow-matching":
+        return FlowMatching(sigma_min=config.sigma_min, coupling=config.coupling)
+    return MaximumLikelihood(
+        kinetic_energy=config.kinetic_energy,
+        jacobian_norm=config.jacobian_norm,
+        t1_penalty=config.t1_penalty,
+    )

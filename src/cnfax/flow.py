@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -51,6 +51,18 @@ def standard_normal_log_prob(z: Array) -> Array:
     """log N(z; 0, I), summed over the last axis."""
     d = z.shape[-1]
     return -0.5 * jnp.sum(jnp.square(z), axis=-1) - 0.5 * d * math.log(2 * math.pi)
+
+
+class Regularizers(NamedTuple):
+    """RNODE's regularisers of each point, integrated along its path over t in [0, T]
+    (summed over blocks): kinetic energy int |f|^2 dt and Jacobian norm
+    int ||df/dz||_F^2 dt (an unbiased estimate under Hutchinson)."""
+
+    kinetic_energy: Array
+    jacobian_frobenius: Array
+
+
+REGULARIZER_KEYS = Regularizers._fields
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,6 +92,14 @@ class _AugmentedField(eqx.Module):
 
     d z / ds = +-T f(t(s), z),   d delta_logp / ds = -+T tr(df/dz),
     with t(s) = T s forward and T (1 - s) in the inverse direction.
+
+    With ``regularize``, two more states integrate RNODE's regularisers over t (Finlay et
+    al. 2020), the same in either direction since dt = T ds:
+
+    d kinetic_energy / ds = T |f|^2,   d jacobian_frobenius / ds = T ||df/dz||_F^2,
+
+    the latter exact or, with Hutchinson, its unbiased estimate |J eps|^2 from the JVP the
+    divergence already formed. :mod:`cnfax.control` keeps both out of step-size control.
     """
 
     graphdef: Any = eqx.field(static=True)
@@ -87,6 +107,7 @@ class _AugmentedField(eqx.Module):
     direction: int = eqx.field(static=True)
     with_logp: bool = eqx.field(static=True)
     count_backward: bool = eqx.field(static=True)
+    regularize: bool = eqx.field(static=True, default=False)
 
     def __call__(self, s, y, args):
         state, end_time, noise = args
@@ -100,6 +121,9 @@ class _AugmentedField(eqx.Module):
         if self.with_logp:
             div = self.trace(f, y["z"], noise)
             out = {"z": speed * div.value, "delta_logp": -speed * div.trace}
+            if self.regularize:
+                out["kinetic_energy"] = end_time * jnp.sum(jnp.square(div.value), axis=-1)
+                out["jacobian_frobenius"] = end_time * div.frobenius_sq
         else:
             out = {"z": speed * f(y["z"])}
         if self.count_backward:
@@ -276,13 +300,17 @@ class CNF(nnx.Module):
         with_logp: bool,
         noise: Array | None,
         save_s: Array | None = None,
-    ) -> tuple[Array, Array | None, SolveStats]:
-        """Solve one block over s in [0, 1]: (z at s = 1 or at save_s, delta_logp, stats)."""
+        regularize: bool = False,
+    ) -> tuple[Array, Array | None, Regularizers | None, SolveStats]:
+        """Solve one block over s in [0, 1]: z at s = 1 (or at save_s), delta_logp, the
+        regulariser integrals (with ``regularize``) and the solve's statistics."""
         opts = self.options
         graphdef, state = nnx.split(self.blocks[block])
         end_time = self.end_times[block].astype(z.dtype)
         term = diffrax.ODETerm(
-            _AugmentedField(graphdef, self.trace, direction, with_logp, opts.count_backward)
+            _AugmentedField(
+                graphdef, self.trace, direction, with_logp, opts.count_backward, regularize
+            )
         )
         saveat = diffrax.SaveAt(t1=True) if save_s is None else diffrax.SaveAt(ts=save_s)
 
@@ -290,6 +318,8 @@ class CNF(nnx.Module):
             y0 = {"z": z}
             if with_logp:
                 y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
+            if regularize:
+                y0.update({k: jnp.zeros(z.shape[:-1], z.dtype) for k in REGULARIZER_KEYS})
             # The step in s units; not differentiated (no adjoint can differentiate dt0,
             # and the solution's dependence on T flows through the field's T instead).
             ds0 = None if opts.dt0 is None else opts.dt0 / jax.lax.stop_gradient(end_time)
@@ -335,10 +365,9 @@ class CNF(nnx.Module):
         # A failed solve's numbers are not results: they become NaN, never silently wrong.
         ys = _mask_failed(ys, lane_ok)
         zs = ys["z"] if save_s is not None else ys["z"][0]
-        dlogp = None
-        if with_logp:
-            dlogp = ys["delta_logp"][0]
-        return zs, dlogp, solve_stats
+        dlogp = ys["delta_logp"][0] if with_logp else None
+        regs = Regularizers(*(ys[k][0] for k in REGULARIZER_KEYS)) if regularize else None
+        return zs, dlogp, regs, solve_stats
 
     def _noise(self, key, shape, dtype) -> list[Array | None]:
         if self.trace.needs_key and key is None:
@@ -361,22 +390,34 @@ class CNF(nnx.Module):
             "regularise the field (e.g. kinetic energy).",
         )
 
-    def _transform(self, x: Array, direction: int, *, key=None, with_logp: bool):
-        """Run all blocks in ``direction``; return (y, sum of delta_logp, stats)."""
+    def _transform(
+        self, x: Array, direction: int, *, key=None, with_logp: bool, regularize: bool = False
+    ):
+        """Run all blocks in ``direction``; return (y, sum of delta_logp, summed
+        regularisers or None, stats)."""
+        if regularize and not with_logp:
+            raise ValueError("the regularisers are integrated with the log-density")
         order = range(self.num_blocks) if direction == FORWARD else reversed(range(self.num_blocks))
         noise = self._noise(key, x.shape, x.dtype) if with_logp else [None] * self.num_blocks
         total_dlogp = jnp.zeros(x.shape[:-1], x.dtype) if with_logp else None
+        total_regs = None
         total = SolveStats.zero()
         y = x
         for b in order:
-            y, dlogp, solve_stats = self._solve(
-                b, y, direction, with_logp=with_logp, noise=noise[b]
+            y, dlogp, regs, solve_stats = self._solve(
+                b, y, direction, with_logp=with_logp, noise=noise[b], regularize=regularize
             )
             total = total + solve_stats
             if with_logp:
                 total_dlogp = total_dlogp + dlogp
+            if regularize:
+                total_regs = (
+                    regs
+                    if total_regs is None
+                    else Regularizers(*(a + r for a, r in zip(total_regs, regs, strict=True)))
+                )
         y = self._raise_on_failure(y, total)
-        return y, total_dlogp, total
+        return y, total_dlogp, total_regs, total
 
     # ------------------------------------------------------------------ public API
 
@@ -397,8 +438,19 @@ class CNF(nnx.Module):
         delta_logp_b = log p_{b-1}(z_{b-1}) - log p_b(z_b) is each inverse block's change.
         """
         x = _check_points(x, self.dim, "x")
-        z0, dlogp, solve_stats = self._transform(x, INVERSE, key=key, with_logp=True)
+        z0, dlogp, _, solve_stats = self._transform(x, INVERSE, key=key, with_logp=True)
         return standard_normal_log_prob(z0) - dlogp, solve_stats
+
+    def log_prob_and_regularizers(
+        self, x: Array, *, key: Array | None = None
+    ) -> tuple[Array, Regularizers, SolveStats]:
+        """log p(x), RNODE's regularisers along each point's path, and the solve's
+        statistics, all from one (inverse) solve of the augmented ODE."""
+        x = _check_points(x, self.dim, "x")
+        z0, dlogp, regs, solve_stats = self._transform(
+            x, INVERSE, key=key, with_logp=True, regularize=True
+        )
+        return standard_normal_log_prob(z0) - dlogp, regs, solve_stats
 
     def log_prob(self, x: Array, *, key: Array | None = None) -> Array:
         """log p(x) of each row of x (n, dim). Hutchinson's estimator needs ``key``."""
@@ -413,7 +465,7 @@ class CNF(nnx.Module):
         """Map base points to data space and carry their log-density along the same solve:
         log p(x) = log N(z) - integral of tr(df/dz) dt."""
         z = _check_points(z, self.dim, "z")
-        x, dlogp, _ = self._transform(z, FORWARD, key=key, with_logp=True)
+        x, dlogp, _, _ = self._transform(z, FORWARD, key=key, with_logp=True)
         return x, standard_normal_log_prob(z) + dlogp
 
     def sample_and_log_prob(self, key: Array, n: int, dtype=None) -> tuple[Array, Array]:
@@ -441,7 +493,7 @@ class CNF(nnx.Module):
             # which the next block starts from.
             save_s = jnp.clip((ts - starts[b]) / ends[b], 0.0, 1.0)
             save_s = jnp.concatenate([save_s, jnp.ones((1,), z.dtype)])
-            zs, _, solve_stats = self._solve(
+            zs, _, _, solve_stats = self._solve(
                 b, y, FORWARD, with_logp=False, noise=None, save_s=save_s
             )
             zs = self._raise_on_failure(zs, solve_stats)

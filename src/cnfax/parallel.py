@@ -58,25 +58,27 @@ def _reduce_stats(stats: SolveStats) -> SolveStats:
     )
 
 
-def data_parallel_nll_and_grad(flow, x, key, mesh):
-    """Mean NLL over the global batch, its gradient (parameters), and solver statistics.
+def data_parallel_loss_and_grad(objective, flow, batch, key, mesh):
+    """An objective's loss over the global batch, its gradient (parameters), the solver
+    statistics and the objective's metrics, each shard on its own device.
 
-    Shard i uses the key ``fold_in(key, i)`` for its Hutchinson noise. The result equals
-    the mean of the per-shard gradients computed one by one (tests/test_parallel.py).
+    ``objective(model, shard, key) -> (loss, (stats, metrics))`` is a
+    :mod:`cnfax.objectives` objective. Shard i uses the key ``fold_in(key, i)``. Loss,
+    gradient and metrics are means over shards: for equal shards, the mean over the global
+    batch (tests/test_parallel.py checks the gradient against per-shard gradients).
     """
     graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
-    x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(DATA)))
+    batch = jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P(DATA)))
 
-    def per_shard(params, rest, x, key):
+    def per_shard(params, rest, batch, key):
         key = jax.random.fold_in(key, jax.lax.axis_index(DATA))
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, rest)
-            logp, stats = model.log_prob_and_stats(x, key=key)
-            return -jnp.mean(logp), stats
+            return objective(nnx.merge(graphdef, params, rest), batch, key)
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return (jax.lax.pmean(loss, DATA), _reduce_stats(stats), jax.lax.pmean(grads, DATA))
+        (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        mean = lambda tree: jax.lax.pmean(tree, DATA)  # noqa: E731
+        return mean(loss), _reduce_stats(stats), mean(metrics), mean(grads)
 
     return jax.shard_map(
         per_shard,
@@ -84,7 +86,7 @@ def data_parallel_nll_and_grad(flow, x, key, mesh):
         in_specs=(P(), P(), P(DATA), P()),
         out_specs=P(),
         check_vma=False,  # equinox's runtime checks (error_if) do not carry shard types
-    )(params, rest, x, key)
+    )(params, rest, batch, key)
 
 
 def data_parallel_nll(flow, x, mesh):

@@ -27,29 +27,32 @@ from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
 from cnfax.data.toy import held_out_set, train_batch
-from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_optimizer
+from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_objective, build_optimizer
 from cnfax.flow import CNF
+from cnfax.objectives import MaximumLikelihood
 from cnfax.parallel import (
     check_divisible,
     data_mesh,
+    data_parallel_loss_and_grad,
     data_parallel_nll,
-    data_parallel_nll_and_grad,
     shard_batch,
 )
 from cnfax.stats import backward_evaluations
 from cnfax.trace import Exact
 
 
-@functools.partial(nnx.jit, static_argnames="mesh")
-def train_step(flow: CNF, optimizer: nnx.Optimizer, x, key, mesh: Mesh):
-    """One maximum-likelihood step over the sharded batch x; returns (loss, solve statistics)."""
-    loss, stats, grads = data_parallel_nll_and_grad(flow, x, key, mesh)
+@functools.partial(nnx.jit, static_argnames=("objective", "mesh"))
+def train_step(flow: CNF, optimizer: nnx.Optimizer, batch, key, mesh: Mesh, objective=None):
+    """One optimizer step on the objective (maximum likelihood by default) over the
+    sharded batch; returns (loss, solve statistics, the objective's metrics)."""
+    objective = MaximumLikelihood() if objective is None else objective
+    loss, stats, metrics, grads = data_parallel_loss_and_grad(objective, flow, batch, key, mesh)
     # A non-finite loss can come with finite gradients (an overflowing log-density, say):
     # poison them, so that apply_if_finite rejects the whole update.
     ok = jnp.isfinite(loss) & stats.success
     grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(flow, grads)
-    return loss, stats
+    return loss, stats, metrics
 
 
 @functools.partial(nnx.jit, static_argnames="mesh")
@@ -69,21 +72,26 @@ def evaluation_flow(flow: CNF) -> CNF:
     return flow.replace(trace=Exact(), count_backward=False)
 
 
-def test_nll(flow: CNF, x: np.ndarray, mesh: Mesh | None = None, chunk: int = 2000) -> float:
-    """Exact-trace test NLL over x, in sharded chunks of one shape (one compilation)."""
+def held_out_nll(
+    flow: CNF, x: np.ndarray, mesh: Mesh | None = None, chunk: int = 2000
+) -> tuple[float, int]:
+    """Exact-trace NLL over x (nats) and the NFE of its costliest chunk's solve, in
+    sharded chunks of one shape (one compilation)."""
     mesh = data_mesh() if mesh is None else mesh
     chunk -= chunk % mesh.shape["data"]
-    total = 0.0
+    total, nfe = 0.0, 0
     for i in range(0, len(x), chunk):
         part = x[i : i + chunk]
         if len(part) < chunk:  # pad the last chunk to the compiled shape
             padded = np.concatenate([part, x[: chunk - len(part)]])
-            logp = -np.asarray(flow.log_prob(jnp.asarray(padded)))[: len(part)]
-            total += float(np.sum(logp))
+            logp, stats = flow.log_prob_and_stats(jnp.asarray(padded))
+            total -= float(np.sum(np.asarray(logp)[: len(part)]))
+            nfe = max(nfe, int(stats.nfe))
             continue
-        nll, _ = mean_nll(flow, shard_batch(local_rows(part), mesh), mesh)
+        nll, stats = mean_nll(flow, shard_batch(local_rows(part), mesh), mesh)
         total += float(nll) * len(part)
-    return total / len(x)
+        nfe = max(nfe, int(stats.nfe))
+    return total / len(x), nfe
 
 
 def _describe(error: RuntimeError, config: Config) -> str:
@@ -195,6 +203,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     flow = build_flow(config)
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
     evaluator = evaluation_flow(flow)
+    objective = build_objective(config)
     checkpointer = Checkpointer(run_dir, keep=config.keep)
     key = jax.random.key(config.seed)
     start, elapsed = 0, 0.0
@@ -228,11 +237,16 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         for step in bar:
             if stop.requested:
                 raise KeyboardInterrupt
-            batch = train_batch(config.dataset, config.seed, step, config.batch_size)
-            x = shard_batch(local_rows(batch), mesh)
+            data = train_batch(config.dataset, config.seed, step, config.batch_size)
+            # Host-side randomness of the objective (flow matching's base samples) is a
+            # pure function of (seed, step) too, so resumed runs repeat it.
+            batch = objective.make_batch(data, np.random.default_rng([config.seed, step, 1]))
+            batch = shard_batch(local_rows(batch), mesh)
             backward_evaluations.reset()
             try:
-                loss, stats = train_step(flow, optimizer, x, jax.random.fold_in(key, step), mesh)
+                loss, stats, metrics = train_step(
+                    flow, optimizer, batch, jax.random.fold_in(key, step), mesh, objective
+                )
                 loss, cause = float(loss), None
                 if not bool(stats.success):
                     cause = f"forward solve reached max_steps={config.max_steps}"
@@ -263,11 +277,14 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 "rejected": int(stats.rejected),
                 "t1": float(jnp.sum(flow.end_times)),
                 "rejected_steps_total": rejected_total,
+                **{name: float(value) for name, value in metrics.items()},
             }
             bar.set_postfix(loss=f"{loss:.3f}", nfe=f"{row['nfe_forward']}/{row['nfe_backward']}")
             evaluate_now = done % config.eval_every == 0 or done == end
             if evaluate_now:
-                row["test_nll"] = test_nll(evaluator, held_out, mesh)
+                started = time.perf_counter()
+                row["test_nll"], row["test_nfe"] = held_out_nll(evaluator, held_out, mesh)
+                row["eval_seconds"] = time.perf_counter() - started
             row["wall_time"] = elapsed + time.perf_counter() - clock
             if evaluate_now or done % config.log_every == 0:
                 metrics_file.write(json.dumps(row) + "\n")
