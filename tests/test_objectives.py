@@ -162,7 +162,7 @@ def test_optimal_transport_pairs_are_a_cheapest_permutation(seed, n):
 def test_a_short_run_with_each_objective_lowers_the_test_nll(tmp_path, objective):
     config = Config(**{"iters": 30, **SMALL_TRAINING, "run_dir": str(tmp_path), **objective})
     held_out = held_out_set(config.dataset, config.seed, 512)
-    before, _ = held_out_nll(evaluation_flow(build_flow(config)), held_out)
+    before, _ = held_out_nll(evaluation_flow(build_flow(config, 2)), held_out)
     last = train(config)
     _, trained, _ = load_run(tmp_path)
     after, nfe = held_out_nll(evaluation_flow(trained), held_out)

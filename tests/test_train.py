@@ -180,7 +180,7 @@ def test_failed_steps_change_nothing_and_stop_the_run_with_the_cause(tmp_path):
 
 def test_a_step_with_a_non_finite_loss_leaves_parameters_and_optimizer_unchanged():
     config = Config(**SMALL)
-    flow = build_flow(config)
+    flow = build_flow(config, 2)
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
     before = _params(flow)
     opt_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(optimizer))]

@@ -7,6 +7,16 @@ from cnfax.solvers import RK4
 from cnfax.stats import SolveStats, backward_evaluations
 from cnfax.trace import Divergence, Exact, Hutchinson, TraceEstimator
 
+
+def load(run_dir, which: str = "best"):
+    """A training run's flow with its preprocessing, as a density in data units
+    (:class:`cnfax.trained.TrainedModel`): ``load(run).log_prob(x)``, ``.sample(key, n)``.
+    Imported on first use, since it brings in the training stack (Orbax, Optax)."""
+    from cnfax.trained import load as load_trained
+
+    return load_trained(run_dir, which)
+
+
 __all__ = [
     "CNF",
     "RK4",
@@ -20,6 +30,7 @@ __all__ = [
     "SolveStats",
     "TraceEstimator",
     "backward_evaluations",
+    "load",
     "batch_max_norm",
     "standard_normal_log_prob",
 ]

@@ -33,6 +33,7 @@ ADJOINTS = {
     "backsolve": diffrax.BacksolveAdjoint,
     "checkpoint": diffrax.RecursiveCheckpointAdjoint,
 }
+DATASETS = [*TOY_DATASETS, "digits", "tabular"]
 # Options that change the model's parameters: a run directory must be resumed with the same.
 MODEL_FIELDS = ("dataset", "hidden", "activation", "num_blocks", "learn_t1")
 
@@ -42,7 +43,10 @@ class Config:
     """Train a CNF on a 2-D toy density (FFJORD's toy set-up by default)."""
 
     dataset: str = "8gaussians"
-    """one of 8gaussians, checkerboard, 2spirals, pinwheel, swissroll, circles, moons, rings"""
+    """a 2-D toy (8gaussians, checkerboard, 2spirals, pinwheel, swissroll, circles, moons,
+    rings), digits (scikit-learn's 8x8 images), or tabular (with --data)"""
+    data: str | None = None
+    """a .npy or .csv matrix (rows are samples) to train on; implies --dataset tabular"""
     iters: int = 1500
     """training iterations"""
     batch_size: int = 256
@@ -95,8 +99,10 @@ class Config:
     def validate(self) -> Config:
         """Raise ValueError naming each bad option and the valid choices; return self."""
         problems = []
-        if self.dataset not in TOY_DATASETS:
-            problems.append(f"dataset {self.dataset!r} (choose from {sorted(TOY_DATASETS)})")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset {self.dataset!r} (choose from {DATASETS})")
+        if (self.dataset == "tabular") != bool(self.data):
+            problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
         if self.solver not in SOLVERS:
             problems.append(f"solver {self.solver!r} (choose from {sorted(SOLVERS)})")
         if self.adjoint not in ADJOINTS:
@@ -162,7 +168,7 @@ class Config:
         return cls.from_json((Path(run_dir) / "config.json").read_text())
 
 
-def build_flow(config: Config, dim: int = 2) -> CNF:
+def build_flow(config: Config, dim: int) -> CNF:
     """The CNF a config describes, for training (its trace, throw=False, counting on)."""
     rngs = nnx.Rngs(config.seed)
     fields = [

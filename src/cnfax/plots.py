@@ -1,4 +1,5 @@
-"""Pictures of a 2-D flow: FFJORD's three panels and a trajectory figure (PNG)."""
+"""Pictures of a flow (PNG): FFJORD's three panels and a trajectory figure for 2-D data,
+and image grids for image data."""
 
 from __future__ import annotations
 
@@ -75,6 +76,27 @@ def plot_trajectory(flow, path: str | Path, *, key, n_points: int = 2000, n_time
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("base (t = 0) to data (t = T)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_image_grid(
+    images: np.ndarray, path: str | Path, *, shape: tuple[int, int], vmax: float, title: str = ""
+) -> Path:
+    """Rows of ``images`` (n, h * w) as a square-ish grid of grey-level pictures."""
+    n = len(images)
+    columns = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + 0.4))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].reshape(shape), cmap="gray_r", vmin=0, vmax=vmax)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)

@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
-from cnfax.data.toy import held_out_set, train_batch
+from cnfax.data.dataset import Dataset, make_dataset
+from cnfax.data.preprocess import Identity, Preprocessing, from_dict
 from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_objective, build_optimizer
 from cnfax.flow import CNF
 from cnfax.objectives import MaximumLikelihood
@@ -172,11 +173,38 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
         )
 
 
+DATA_SPEC = "data.json"  # the flow's dimension and the preprocessing, kept with the run
+
+
+def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
+    """Record the data's dimension and preprocessing; refuse data of another dimension."""
+    path = run_dir / DATA_SPEC
+    if path.exists():
+        saved_dim, _ = read_data_spec(run_dir)
+        if saved_dim != dataset.dim:
+            raise ValueError(
+                f"{run_dir} holds a model of dimension {saved_dim}, but the data has "
+                f"dimension {dataset.dim}; use another --run-dir"
+            )
+        return  # keep the preprocessing the model was trained with
+    spec = {"dim": dataset.dim, "preprocessing": dataset.preprocessing.to_dict()}
+    path.write_text(json.dumps(spec, indent=2))
+
+
+def read_data_spec(run_dir: str | Path) -> tuple[int, Preprocessing]:
+    """(dimension, preprocessing) of a run; runs from before data.json are 2-D toys."""
+    path = Path(run_dir) / DATA_SPEC
+    if not path.exists():
+        return 2, Identity()
+    spec = json.loads(path.read_text())
+    return int(spec["dim"]), from_dict(spec["preprocessing"])
+
+
 def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Config, CNF, int]:
     """Rebuild a run's flow from its config and restore its latest (or best) checkpoint."""
     run_dir = Path(run_dir)
     config = Config.load(run_dir)
-    flow = build_flow(config)
+    flow = build_flow(config, read_data_spec(run_dir)[0])
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
     checkpointer = Checkpointer(run_dir, keep=config.keep)
     like = _checkpoint_tree(flow, optimizer, jax.random.key(0), 0, 0.0)
@@ -195,12 +223,14 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     config.validate()
     run_dir = Path(config.run_dir)
     _check_resumable(run_dir, config)
+    dataset = make_dataset(config.dataset, config.seed, config.data)  # bad data: stop here
     run_dir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0  # one process writes config, metrics and the bar
     if lead:
+        write_data_spec(run_dir, dataset)
         (run_dir / "config.json").write_text(config.to_json())
 
-    flow = build_flow(config)
+    flow = build_flow(config, dataset.dim)
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
     evaluator = evaluation_flow(flow)
     objective = build_objective(config)
@@ -214,7 +244,9 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         print(f"resumed {run_dir} at step {start}")
     mesh = data_mesh()
     check_divisible(config.batch_size, mesh)
-    held_out = held_out_set(config.dataset, config.seed, config.eval_size)
+    # Held-out NLL in data units: the flow's NLL less the preprocessing's log-determinant.
+    # Finite datasets hold out their validation split (the test split is for evaluation).
+    held_out, held_out_log_det = dataset.held_out("validation", config.eval_size)
     end = config.iters if stop_at is None else min(stop_at, config.iters)
 
     metrics_path = run_dir / "metrics.jsonl" if lead else Path(os.devnull)
@@ -237,7 +269,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         for step in bar:
             if stop.requested:
                 raise KeyboardInterrupt
-            data = train_batch(config.dataset, config.seed, step, config.batch_size)
+            data = dataset.train_batch(step, config.batch_size)
             # Host-side randomness of the objective (flow matching's base samples) is a
             # pure function of (seed, step) too, so resumed runs repeat it.
             batch = objective.make_batch(data, np.random.default_rng([config.seed, step, 1]))
@@ -283,7 +315,8 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             evaluate_now = done % config.eval_every == 0 or done == end
             if evaluate_now:
                 started = time.perf_counter()
-                row["test_nll"], row["test_nfe"] = held_out_nll(evaluator, held_out, mesh)
+                nll, row["test_nfe"] = held_out_nll(evaluator, held_out, mesh)
+                row["test_nll"] = nll - float(np.mean(held_out_log_det))
                 row["eval_seconds"] = time.perf_counter() - started
             row["wall_time"] = elapsed + time.perf_counter() - clock
             if evaluate_now or done % config.log_every == 0:

@@ -1,0 +1,108 @@
+"""A training data source with its preprocessing: a toy density, the digits, or a file.
+
+Everything the training loop draws is a pure function of (seed, step), so resumed runs
+repeat the uninterrupted run exactly:
+
+- toy densities are infinite streams (``cnfax.data.toy``);
+- finite data (digits, a user's matrix) is split once into train / validation / test by a
+  seeded permutation (80 / 10 / 10 %); batch k takes the next rows of the training split in
+  an order reshuffled every epoch from (seed, epoch), and discrete data gets its uniform
+  dequantisation noise from (seed, step).
+
+Batches and held-out sets come out in the flow's space, with the log-determinant of the
+preprocessing per row, so that NLLs in data units are flow NLL - mean log-determinant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cnfax.data import digits, toy
+from cnfax.data.preprocess import (
+    Chain,
+    Identity,
+    Logit,
+    Preprocessing,
+    Standardize,
+    dequantize,
+)
+from cnfax.data.tabular import MIN_ROWS, DataError, load_matrix
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    dim: int
+    preprocessing: Preprocessing
+    seed: int
+    splits: dict[str, np.ndarray] | None = None  # raw rows of finite data; None for toys
+    levels: int | None = None  # discrete data with this many levels is dequantised
+
+    def prepare(self, raw: np.ndarray, rng: np.random.Generator):
+        v = dequantize(raw, rng) if self.levels else raw
+        y, log_det = self.preprocessing.to_flow(v.astype(np.float32))
+        return y.astype(np.float32), log_det.astype(np.float32)
+
+    def train_batch(self, step: int, n: int) -> np.ndarray:
+        """Training batch number ``step`` in the flow's space, shape (n, dim)."""
+        if self.splits is None:
+            return toy.train_batch(self.name, self.seed, step, n)
+        rows = self.splits["train"]
+        positions = step * n + np.arange(n)
+        epochs, offsets = np.divmod(positions, len(rows))
+        order = {
+            e: np.random.default_rng([self.seed, 3, e]).permutation(len(rows))
+            for e in np.unique(epochs)
+        }
+        batch = rows[[order[e][o] for e, o in zip(epochs, offsets, strict=True)]]
+        return self.prepare(batch, np.random.default_rng([self.seed, 4, step]))[0]
+
+    def held_out(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(points in the flow's space, log-determinant per point) of a held-out split,
+        with fixed dequantisation noise. Toys draw ``size`` points from a test stream."""
+        if self.splits is None:
+            points = toy.held_out_set(self.name, self.seed, size)
+            return points, np.zeros(len(points), np.float32)
+        rng = np.random.default_rng([self.seed, 5, _SPLIT_STREAM[split]])
+        return self.prepare(self.splits[split], rng)
+
+    def raw(self, split: str) -> np.ndarray:
+        if self.splits is None:
+            raise ValueError("toy densities have no fixed splits")
+        return self.splits[split]
+
+
+def split_rows(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """80 / 10 / 10 % train / validation / test by a permutation fixed by ``seed``."""
+    order = np.random.default_rng([seed, 6]).permutation(len(x))
+    n_test = n_val = max(1, len(x) // 10)
+    test, validation, train = np.split(x[order], [n_test, n_test + n_val])
+    return {"train": train, "validation": validation, "test": test}
+
+
+def make_dataset(name: str, seed: int, path: str | None = None) -> Dataset:
+    """The dataset a config names: a toy density, "digits", or "tabular" with ``path``."""
+    if name in toy.TOY_DATASETS:
+        return Dataset(name, 2, Identity(), seed)
+    if name == "digits":
+        splits = split_rows(digits.load_digits(), seed)
+        logit = Logit(digits.LEVELS)
+        rng = np.random.default_rng([seed, 7])
+        logits, _ = logit.to_flow(dequantize(splits["train"], rng))
+        preprocessing = Chain((logit, Standardize.fit(logits)))
+        return Dataset(name, 64, preprocessing, seed, splits, digits.LEVELS)
+    if name == "tabular":
+        if not path:
+            raise DataError("dataset 'tabular' needs a file: pass --data PATH (.npy or .csv)")
+        x = load_matrix(path)
+        splits = split_rows(x, seed)
+        if len(splits["train"]) < MIN_ROWS - 2:
+            raise DataError(f"{path}: too few rows for a training split")
+        # Standardise with the training split's statistics only.
+        return Dataset(name, x.shape[1], Standardize.fit(splits["train"]), seed, splits)
+    raise DataError(f"unknown dataset {name!r}")
