@@ -42,10 +42,16 @@ def method_configs(dataset: str, root: str) -> dict[str, Config]:
     common = dict(dataset=dataset, eval_every=100, ckpt_every=500)
     return {
         "maximum likelihood": Config(run_dir=f"{root}/{dataset}-mle", **common),
-        "maximum likelihood + RNODE": Config(
+        "maximum likelihood + RNODE (λ = 0.01)": Config(
             run_dir=f"{root}/{dataset}-rnode",
             kinetic_energy=0.01,
             jacobian_norm=0.01,
+            **common,
+        ),
+        "maximum likelihood + RNODE (λ = 0.1)": Config(
+            run_dir=f"{root}/{dataset}-rnode0.1",
+            kinetic_energy=0.1,
+            jacobian_norm=0.1,
             **common,
         ),
         "flow matching (OT pairs)": Config(

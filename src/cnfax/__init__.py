@@ -2,7 +2,8 @@
 
 from cnfax.control import batch_max_norm
 from cnfax.fields import ConcatLinear, ConcatMLP, ConcatSquashLinear, ConcatSquashMLP
-from cnfax.flow import CNF, standard_normal_log_prob
+from cnfax.flow import CNF, Regularizers, standard_normal_log_prob
+from cnfax.objectives import FlowMatching, MaximumLikelihood, optimal_transport_pairs
 from cnfax.solvers import RK4
 from cnfax.stats import SolveStats, backward_evaluations
 from cnfax.trace import Divergence, Exact, Hutchinson, TraceEstimator
@@ -26,11 +27,15 @@ __all__ = [
     "ConcatSquashMLP",
     "Divergence",
     "Exact",
+    "FlowMatching",
     "Hutchinson",
+    "MaximumLikelihood",
+    "Regularizers",
     "SolveStats",
     "TraceEstimator",
     "backward_evaluations",
     "load",
+    "optimal_transport_pairs",
     "batch_max_norm",
     "standard_normal_log_prob",
 ]
