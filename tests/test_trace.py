@@ -19,11 +19,12 @@ def _field_fn(seed):
     return lambda z: field(0.3, z)
 
 
+@pytest.mark.parametrize("unroll_up_to", [16, 0], ids=["unrolled", "vmapped"])
 @given(seed=st.integers(0, 2**16), point_seed=st.integers(0, 2**16))
-def test_exact_trace_equals_trace_of_jacfwd(seed, point_seed):
+def test_exact_trace_equals_trace_of_jacfwd(unroll_up_to, seed, point_seed):
     fn = _field_fn(seed)
     z = jax.random.normal(jax.random.key(point_seed), (BATCH, DIM))
-    div = cnfax.Exact()(fn, z)
+    div = cnfax.Exact(unroll_up_to=unroll_up_to)(fn, z)
     jacobians = jax.vmap(jax.jacfwd(lambda row: fn(row[None])[0]))(z)  # (n, d, d)
     np.testing.assert_allclose(div.value, fn(z), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
@@ -34,11 +35,13 @@ def test_exact_trace_equals_trace_of_jacfwd(seed, point_seed):
     )
 
 
-def test_exact_trace_on_a_single_unbatched_point():
+@pytest.mark.parametrize("unroll_up_to", [16, 0], ids=["unrolled", "vmapped"])
+def test_exact_trace_on_a_single_unbatched_point(unroll_up_to):
     fn = _field_fn(0)
     z = jnp.array([0.1, -0.4, 0.7])
     jac = jax.jacfwd(lambda row: fn(row[None])[0])(z)
-    np.testing.assert_allclose(cnfax.Exact()(fn, z).trace, jnp.trace(jac), rtol=1e-5)
+    trace = cnfax.Exact(unroll_up_to=unroll_up_to)(fn, z).trace
+    np.testing.assert_allclose(trace, jnp.trace(jac), rtol=1e-5)
 
 
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
