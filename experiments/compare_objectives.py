@@ -58,9 +58,9 @@ def method_configs(dataset: str, root: str) -> dict[str, Config]:
             run_dir=f"{root}/{dataset}-fm",
             objective="flow-matching",
             coupling="ot",
-            iters=6000,
+            iters=20000,  # a flow-matching step costs one field evaluation and its gradient
             lr=1e-3,
-            **common,
+            **{**common, "eval_every": 250},
         ),
     }
 

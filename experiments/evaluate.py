@@ -72,7 +72,7 @@ def score_baselines(dataset) -> dict:
         f"Gaussian mixture ({mixture.n_components} components)": mixture.score_samples(test),
     }
     out = {name: -float(np.mean(lp + test_log_det)) for name, lp in log_probs.items()}
-    out["mixture validation scores"] = scores
+    out["mixture validation log-likelihood per point (flow space)"] = scores
     return out
 
 
