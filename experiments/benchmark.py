@@ -116,10 +116,12 @@ def solver_overhead(dim, hidden, batch, repeats):
     }
 
 
-def gradient_memory(steps_list, dim=2, hidden=(64, 64, 64), batch=256):
+def gradient_memory(steps_list, dim, hidden, batch, trace_name):
     """(d): XLA's temporary buffer size for one gradient, against fixed RK4 step counts."""
     rows = []
     x = jax.random.normal(jax.random.key(1), (batch, dim))
+    trace = cnfax.Exact() if trace_name == "exact" else cnfax.Hutchinson("rademacher")
+    key = jax.random.key(2)
     for adjoint_name, adjoint in [
         ("backsolve", diffrax.BacksolveAdjoint()),
         ("checkpoint", diffrax.RecursiveCheckpointAdjoint()),
@@ -128,7 +130,7 @@ def gradient_memory(steps_list, dim=2, hidden=(64, 64, 64), batch=256):
             flow = make_flow(
                 dim,
                 hidden,
-                cnfax.Exact(),
+                trace,
                 solver=cnfax.RK4(),
                 stepsize_controller=diffrax.ConstantStepSize(),
                 dt0=0.5 / steps,
@@ -138,13 +140,14 @@ def gradient_memory(steps_list, dim=2, hidden=(64, 64, 64), batch=256):
             graphdef, params = nnx.split(flow)
 
             def loss(params, x, graphdef=graphdef):
-                return -jnp.mean(nnx.merge(graphdef, params).log_prob(x))
+                return -jnp.mean(nnx.merge(graphdef, params).log_prob(x, key=key))
 
             compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
             memory = compiled.memory_analysis()
             temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
             rows.append(
                 {
+                    "config": f"d={dim} batch={batch} {trace_name}",
                     "adjoint": adjoint_name,
                     "solver_steps": steps,
                     "temp_MiB": None if temp is None else temp / 2**20,
@@ -205,9 +208,13 @@ def markdown(results) -> str:
         f"| {r['overhead']:.2f} |"
         for r in results["solver_overhead"]
     ]
-    lines += ["", "| (d) gradient memory | solver steps | XLA temp MiB |", "| --- | --- | --- |"]
     lines += [
-        f"| {r['adjoint']} | {r['solver_steps']} | "
+        "",
+        "| (d) gradient memory | adjoint | solver steps | XLA temp MiB |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['config']} | {r['adjoint']} | {r['solver_steps']} | "
         f"{'n/a' if r['temp_MiB'] is None else format(r['temp_MiB'], '.1f')} |"
         for r in results["gradient_memory"]
     ]
@@ -250,7 +257,9 @@ def main(argv=None) -> int:
     ]
     print(json.dumps(results["solver_overhead"], indent=1), flush=True)
     steps = [16, 64, 256] if not args.full else [16, 64, 256, 1024]
-    results["gradient_memory"] = gradient_memory(steps)
+    results["gradient_memory"] = gradient_memory(steps, 2, toy, 256, "exact") + gradient_memory(
+        steps, 64, (256, 256, 256), 500, "hutchinson"
+    )
     results["throughput"] = [
         throughput(2, toy, 10_000, repeats),
         throughput(64, (256, 256, 256), 1000 if args.full else 200, repeats),
