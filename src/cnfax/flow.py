@@ -400,7 +400,8 @@ class CNF(nnx.Module):
         order = range(self.num_blocks) if direction == FORWARD else reversed(range(self.num_blocks))
         noise = self._noise(key, x.shape, x.dtype) if with_logp else [None] * self.num_blocks
         total_dlogp = jnp.zeros(x.shape[:-1], x.dtype) if with_logp else None
-        total_regs = None
+        zeros = jnp.zeros(x.shape[:-1], x.dtype)
+        total_regs = Regularizers(zeros, zeros) if regularize else None
         total = SolveStats.zero()
         y = x
         for b in order:
@@ -411,11 +412,7 @@ class CNF(nnx.Module):
             if with_logp:
                 total_dlogp = total_dlogp + dlogp
             if regularize:
-                total_regs = (
-                    regs
-                    if total_regs is None
-                    else Regularizers(*(a + r for a, r in zip(total_regs, regs, strict=True)))
-                )
+                total_regs = Regularizers(*(a + r for a, r in zip(total_regs, regs, strict=True)))
         y = self._raise_on_failure(y, total)
         return y, total_dlogp, total_regs, total
 
