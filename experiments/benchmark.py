@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 import cnfax
-from cnfax.flow import INVERSE, _AugmentedField
+from cnfax.augmented import INVERSE, AugmentedField
 
 
 def median_time(fn, repeats: int) -> float:
@@ -92,7 +92,7 @@ def solver_overhead(dim, hidden, batch, repeats):
     t_solve = median_time(lambda: jax.block_until_ready(solve(flow, x)), repeats)
 
     graphdef, state = nnx.split(flow.blocks[0])
-    term = _AugmentedField(graphdef, flow.trace, INVERSE, True, False)
+    term = AugmentedField(graphdef, flow.trace, INVERSE, True, False)
     args = (state, jnp.asarray(0.5), None)
     loops = 200
 

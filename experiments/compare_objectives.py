@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 import tyro
-from evaluate import EvalArgs, evaluate_run
 
-from cnfax.experiment import Config
+from cnfax.config import Config
+from cnfax.evaluation import EvalArgs, evaluate_run
 from cnfax.train import train
 
 MARGIN = 0.05  # nats
@@ -44,14 +44,14 @@ def method_configs(dataset: str, root: str) -> dict[str, Config]:
         "maximum likelihood": Config(run_dir=f"{root}/{dataset}-mle", **common),
         "maximum likelihood + RNODE (λ = 0.01)": Config(
             run_dir=f"{root}/{dataset}-rnode",
-            kinetic_energy=0.01,
-            jacobian_norm=0.01,
+            kinetic_energy_weight=0.01,
+            jacobian_norm_weight=0.01,
             **common,
         ),
         "maximum likelihood + RNODE (λ = 0.1)": Config(
             run_dir=f"{root}/{dataset}-rnode0.1",
-            kinetic_energy=0.1,
-            jacobian_norm=0.1,
+            kinetic_energy_weight=0.1,
+            jacobian_norm_weight=0.1,
             **common,
         ),
         "flow matching (OT pairs)": Config(

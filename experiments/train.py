@@ -16,9 +16,9 @@ import sys
 
 import jax
 import tyro
-from evaluate import main as evaluate_main
 
-from cnfax.experiment import Config
+from cnfax.config import Config
+from cnfax.evaluation import EvalArgs, evaluate_run
 from cnfax.train import TrainingFailed, train
 
 
@@ -54,12 +54,14 @@ def main(argv=None) -> int:
         f"test NLL {final.get('test_nll', float('nan')):.4f} nats "
         f"({final.get('wall_time', 0):.0f} s)"
     )
-    eval_args = ["--run-dir", config.run_dir, "--test-size", "10000"]
-    if config.dataset in ("digits", "tabular"):  # finite data: the best by validation NLL
-        eval_args += ["--which", "best"]
-    if not config.pictures:
-        eval_args.append("--no-pictures")
-    return evaluate_main(eval_args)
+    finite = config.dataset in ("digits", "tabular")  # the best by validation NLL
+    args = EvalArgs(config.run_dir, "best" if finite else "latest", pictures=config.pictures)
+    try:
+        evaluate_run(args)
+    except AssertionError as failure:
+        print(f"AUDIT FAILED: {failure}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from flax import nnx
 from helpers import SMALL_TRAINING
 
 import cnfax
-from cnfax.experiment import Config
+from cnfax.config import Config
 from cnfax.objectives import MaximumLikelihood
 from cnfax.parallel import data_mesh, data_parallel_loss_and_grad, shard_batch
 from cnfax.train import train

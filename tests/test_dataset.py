@@ -3,7 +3,7 @@ digits in range, and held-out log-determinants that match the preprocessing."""
 
 import numpy as np
 
-from cnfax.data.dataset import Dataset, make_dataset, split_rows
+from cnfax.data.dataset import SplitDataset, make_dataset, split_rows
 from cnfax.data.preprocess import Identity
 
 
@@ -34,7 +34,7 @@ def test_digits_batches_are_reproducible_and_dequantised_in_range():
 def test_each_epoch_visits_every_training_row_once_in_a_new_order():
     rows = np.arange(100, dtype=np.float32)[:, None]
     splits = {"train": rows, "validation": rows[:1], "test": rows[:1]}
-    data = Dataset("rows", 1, Identity(), seed=0, splits=splits)
+    data = SplitDataset("rows", 1, Identity(), seed=0, splits=splits)
     first = np.concatenate([data.train_batch(k, 25) for k in range(4)])[:, 0]
     second = np.concatenate([data.train_batch(k, 25) for k in range(4, 8)])[:, 0]
     np.testing.assert_array_equal(np.sort(first), rows[:, 0])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import jax
 
-from cnfax.experiment import Config
-from cnfax.train import load_run, train
+from cnfax.config import Config
+from cnfax.run import restore_flow
+from cnfax.train import train
 
 
 def test_four_devices_then_resume_on_one(tmp_path):
@@ -35,7 +36,7 @@ def test_four_devices_then_resume_on_one(tmp_path):
     config = Config.load(tmp_path / "sharded")
     final = train(dataclasses.replace(config, iters=25))  # resumes the 4-device run at 20
     assert final["step"] == 25
-    _, _, step = load_run(tmp_path / "sharded")
+    _, _, step = restore_flow(tmp_path / "sharded")
     assert step == 25
     rows = [json.loads(r) for r in (tmp_path / "sharded/metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]

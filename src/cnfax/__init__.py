@@ -11,9 +11,9 @@ from cnfax.trace import Divergence, Exact, Hutchinson, TraceEstimator
 
 def load(run_dir, which: str = "best"):
     """A training run's flow with its preprocessing, as a density in data units
-    (:class:`cnfax.trained.TrainedModel`): ``load(run).log_prob(x)``, ``.sample(key, n)``.
-    Imported on first use, since it brings in the training stack (Orbax, Optax)."""
-    from cnfax.trained import load as load_trained
+    (:class:`cnfax.density.TrainedModel`): ``load(run).log_prob(x)``, ``.sample(key, n)``.
+    Imported on first use, since it brings in Orbax and the evaluation code."""
+    from cnfax.density import load as load_trained
 
     return load_trained(run_dir, which)
 

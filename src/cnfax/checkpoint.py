@@ -33,11 +33,16 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, keep: int = 3):
         root = Path(run_dir).absolute() / "checkpoints"
+        # The handler is named up front, so that metadata can be read before any save.
+        handler = ocp.StandardCheckpointHandler
         self.latest = ocp.CheckpointManager(
-            root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            root / "latest",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=handler(),
         )
         self.best = ocp.CheckpointManager(
             root / "best",
+            item_handlers=handler(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m["test_nll"], best_mode="min"
             ),
@@ -62,26 +67,47 @@ class Checkpointer:
         A checkpoint that cannot be read (truncated or corrupted files) or that holds
         non-finite values is skipped with a warning, and the next older one is tried.
         """
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self._restore_first_good(which, lambda manager, step: abstract, lambda t: t)
+
+    def restore_part(self, key: str, like: Any, which: str = "latest") -> tuple[int, Any]:
+        """Restore only ``tree[key]`` of a checkpoint (e.g. the flow without the
+        optimizer), into the structure of ``like``; the other parts are read by their saved
+        shapes onto one device and dropped. Falls back over bad checkpoints as
+        :meth:`restore` does."""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def abstract(manager, step):
+            saved = manager.item_metadata(step).tree
+            tree = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+            )
+            tree[key] = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+            return tree
+
+        return self._restore_first_good(which, abstract, lambda tree: tree[key])
+
+    def _restore_first_good(self, which, abstract, pick) -> tuple[int, Any]:
         manager = self.best if which == "best" else self.latest
         steps = [manager.best_step()] if which == "best" else []
         steps += sorted(manager.all_steps(), reverse=True)
         steps = list(dict.fromkeys(s for s in steps if s is not None))
         if not steps:
             raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in steps:
             try:
-                tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+                target = abstract(manager, step)
+                tree = pick(manager.restore(step, args=ocp.args.StandardRestore(target)))
             except Exception as error:  # Orbax raises many types for unreadable files
                 warnings.warn(
                     f"checkpoint step {step} in {manager.directory} is unreadable "
                     f"({type(error).__name__}); falling back to an older one",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
             if not _all_finite(tree):
                 warnings.warn(
-                    f"checkpoint step {step} holds non-finite values; skipped", stacklevel=2
+                    f"checkpoint step {step} holds non-finite values; skipped", stacklevel=3
                 )
                 continue
             return step, tree

@@ -92,6 +92,16 @@ class ConcatLinear(nnx.Module):
         return self.linear(jnp.concatenate([t, x], axis=-1))
 
 
+def check_widths(dim: int, hidden: Sequence[int]) -> tuple[int, ...]:
+    """Raise ValueError unless dim and the hidden widths are positive integers."""
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    hidden = tuple(hidden)
+    if any((not isinstance(h, int)) or h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive integers, got {hidden!r}")
+    return hidden
+
+
 class _TimeMLP(nnx.Module):
     """An MLP of time-conditioned layers: layer, activation, ..., layer."""
 
@@ -107,15 +117,11 @@ class _TimeMLP(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        hidden = check_widths(dim, hidden)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
             )
-        hidden = tuple(hidden)
-        if any((not isinstance(h, int)) or h < 1 for h in hidden):
-            raise ValueError(f"hidden widths must be positive integers, got {hidden!r}")
         self.dim = dim
         self.hidden = hidden
         self.activation = activation

@@ -1,4 +1,4 @@
-"""The continuous normalizing flow: an augmented ODE solved by Diffrax.
+"""The continuous normalizing flow: the public face of the augmented ODE.
 
 A data point is x = z(T), the end state of dz/dt = f(t, z) started from a base sample
 z(0) ~ N(0, I). Along the path the log-density obeys the instantaneous change of variables
@@ -7,28 +7,15 @@ z(0) ~ N(0, I). Along the path the log-density obeys the instantaneous change of
     d log p(z(t)) / dt = -tr(df/dz (t, z(t))),
 
 so one solve of the augmented state (z, delta_logp) gives both the transformed point and
-the change in log-density; solving backwards inverts the map.
-
-Two choices keep every quantity differentiable by ``BacksolveAdjoint``, which only
-differentiates ``y0``, ``args`` and the term:
-
-- Time is rescaled to s in [0, 1]: dz/ds = T f(T s, z). The end time T (fixed, or learned
-  as in FFJORD's train_T, T = sqrt_t1^2 > 0) then enters through ``args``, not through
-  ``t1``, which no adjoint can differentiate.
-- The network's state goes through ``args`` (``nnx.split`` / ``nnx.merge``), never through
-  a closure over traced values, and so does the Hutchinson noise, drawn once per solve.
-
-The inverse direction runs s from 0 to 1 too, with the field negated and time reversed,
-so solver, controller and adjoint see the same forward-in-time problem either way.
+the change in log-density; solving backwards inverts the map. The dynamics and the solve
+of one block live in :mod:`cnfax.augmented`; this module chains blocks and checks inputs.
 ``delta_logp`` is the change log p(end) - log p(start) of each solve.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -37,14 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cnfax import control, solvers, stats
+from cnfax.augmented import (
+    FORWARD,
+    INVERSE,
+    Regularizers,
+    SolveOptions,
+    raise_on_failure,
+    solve_block,
+)
 from cnfax.stats import SolveStats
 from cnfax.trace import Exact, TraceEstimator
 
 Array = jax.Array
-
-FORWARD = 1  # base -> data
-INVERSE = -1  # data -> base
 
 
 def standard_normal_log_prob(z: Array) -> Array:
@@ -53,95 +44,7 @@ def standard_normal_log_prob(z: Array) -> Array:
     return -0.5 * jnp.sum(jnp.square(z), axis=-1) - 0.5 * d * math.log(2 * math.pi)
 
 
-class Regularizers(NamedTuple):
-    """RNODE's regularisers of each point, integrated along its path over t in [0, T]
-    (summed over blocks): kinetic energy int |f|^2 dt and Jacobian norm
-    int ||df/dz||_F^2 dt (an unbiased estimate under Hutchinson)."""
-
-    kinetic_energy: Array
-    jacobian_frobenius: Array
-
-
-REGULARIZER_KEYS = Regularizers._fields
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SolveOptions:
-    """How the ODE is solved. Hashed by identity, so NNX can keep it as static data."""
-
-    solver: diffrax.AbstractSolver
-    stepsize_controller: diffrax.AbstractStepSizeController
-    adjoint: diffrax.AbstractAdjoint
-    dt0: float | None
-    max_steps: int
-    per_sample: bool
-    throw: bool
-    count_backward: bool
-
-    def describe(self) -> str:
-        ctrl = self.stepsize_controller
-        if isinstance(ctrl, diffrax.PIDController):
-            tol = f"rtol={ctrl.rtol}, atol={ctrl.atol}"
-        else:
-            tol = f"{type(ctrl).__name__} with dt0={self.dt0}"
-        return f"{type(self.solver).__name__}, {tol}, max_steps={self.max_steps}"
-
-
-class _AugmentedField(eqx.Module):
-    """The right-hand side of the augmented ODE in normalised time s in [0, 1].
-
-    d z / ds = +-T f(t(s), z),   d delta_logp / ds = -+T tr(df/dz),
-    with t(s) = T s forward and T (1 - s) in the inverse direction.
-
-    With ``regularize``, two more states integrate RNODE's regularisers over t (Finlay et
-    al. 2020), the same in either direction since dt = T ds:
-
-    d kinetic_energy / ds = T |f|^2,   d jacobian_frobenius / ds = T ||df/dz||_F^2,
-
-    the latter exact or, with Hutchinson, its unbiased estimate |J eps|^2 from the JVP the
-    divergence already formed. :mod:`cnfax.control` keeps both out of step-size control.
-    """
-
-    graphdef: Any = eqx.field(static=True)
-    trace: TraceEstimator = eqx.field(static=True)
-    direction: int = eqx.field(static=True)
-    with_logp: bool = eqx.field(static=True)
-    count_backward: bool = eqx.field(static=True)
-    regularize: bool = eqx.field(static=True, default=False)
-
-    def __call__(self, s, y, args):
-        state, end_time, noise = args
-        field = nnx.merge(self.graphdef, state)
-        t = end_time * (s if self.direction == FORWARD else 1 - s)
-        speed = self.direction * end_time
-
-        def f(z):
-            return field(t, z)
-
-        if self.with_logp:
-            div = self.trace(f, y["z"], noise)
-            out = {"z": speed * div.value, "delta_logp": -speed * div.trace}
-            if self.regularize:
-                out["kinetic_energy"] = end_time * jnp.sum(jnp.square(div.value), axis=-1)
-                out["jacobian_frobenius"] = end_time * div.frobenius_sq
-        else:
-            out = {"z": speed * f(y["z"])}
-        if self.count_backward:
-            out = stats.count_backward(out)
-        return out
-
-
-def _mask_failed(ys: dict, ok: Array) -> dict:
-    """NaN out the saved states of failed solves; ``ok`` is a scalar or one flag per point."""
-
-    def mask(v):
-        flags = ok if ok.ndim == 0 else ok.reshape((1, -1) + (1,) * (v.ndim - 2))
-        return jnp.where(flags, v, jnp.nan)
-
-    return jax.tree.map(mask, ys)
-
-
-def _check_points(x, dim: int, name: str) -> Array:
+def check_points(x, dim: int, name: str) -> Array:
     """Validate user points before any solve; return them as a JAX array."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -166,6 +69,12 @@ def _check_points(x, dim: int, name: str) -> Array:
         if bad:
             raise ValueError(f"{message} ({bad} of {x.size} entries)")
     return x
+
+
+def check_end_time(t1) -> None:
+    """Raise ValueError unless t1 is a positive finite number."""
+    if not isinstance(t1, (int, float)) or not t1 > 0 or not math.isfinite(t1):
+        raise ValueError(f"t1 must be a positive finite number, got {t1!r}")
 
 
 class CNF(nnx.Module):
@@ -218,36 +127,17 @@ class CNF(nnx.Module):
             dim = getattr(blocks[0], "dim", None)
             if dim is None:
                 raise ValueError("the field has no .dim attribute: pass dim= to CNF")
-        if not isinstance(t1, (int, float)) or not t1 > 0 or not math.isfinite(t1):
-            raise ValueError(f"t1 must be a positive finite number, got {t1!r}")
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        solver = diffrax.Dopri5() if solver is None else solver
-        if stepsize_controller is None:
-            stepsize_controller = diffrax.PIDController(rtol=1e-5, atol=1e-5)
-        if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
-            raise ValueError("ConstantStepSize needs a step: pass dt0= (in units of t)")
-        if dt0 is not None and not dt0 > 0:
-            raise ValueError(f"dt0 must be positive, got {dt0!r}")
-        stepsize_controller = control.with_batch_norm(stepsize_controller)
-        adjoint = diffrax.BacksolveAdjoint() if adjoint is None else adjoint
-        adjoint = control.prepare_adjoint(adjoint, stepsize_controller)
-
+        check_end_time(t1)
+        options = SolveOptions.create(
+            solver, stepsize_controller, adjoint, dt0, max_steps, per_sample, throw, count_backward
+        )
         self.dim = int(dim)
         self.blocks = nnx.List(blocks)
         self.trace = Exact() if trace is None else trace
-        self.options = SolveOptions(
-            solver=solver,
-            stepsize_controller=stepsize_controller,
-            adjoint=adjoint,
-            dt0=dt0,
-            max_steps=max_steps,
-            per_sample=per_sample,
-            throw=throw,
-            count_backward=count_backward,
-        )
+        self.options = options
         self.learn_t1 = learn_t1
-        sqrt_t1 = jnp.full((len(blocks),), math.sqrt(t1), jnp.float32)
+        # The default float dtype: float64 under jax_enable_x64, so T = 0.5 stays exact.
+        sqrt_t1 = jnp.full((len(blocks),), math.sqrt(t1), jnp.result_type(float))
         self.sqrt_t1 = nnx.Param(sqrt_t1) if learn_t1 else nnx.Variable(sqrt_t1)
 
     # ------------------------------------------------------------------ configuration
@@ -266,108 +156,30 @@ class CNF(nnx.Module):
 
         E.g. ``flow.replace(trace=cnfax.Exact(), stepsize_controller=...)`` for evaluation.
         """
-        opts = self.options
-        kwargs = dict(
-            field=list(self.blocks),
-            trace=self.trace,
-            solver=opts.solver,
-            stepsize_controller=opts.stepsize_controller,
-            adjoint=opts.adjoint,
-            dt0=opts.dt0,
-            max_steps=opts.max_steps,
-            per_sample=opts.per_sample,
-            throw=opts.throw,
-            count_backward=opts.count_backward,
-            dim=self.dim,
-            learn_t1=self.learn_t1,
-        )
-        unknown = set(changes) - set(kwargs)
-        if unknown:
-            raise TypeError(f"CNF.replace got unknown options {sorted(unknown)}")
-        kwargs.update(changes)
-        new = CNF(**kwargs)
+        trace = changes.pop("trace", self.trace)
+        try:
+            options = self.options.replace(**changes)
+        except TypeError as error:
+            raise TypeError(f"CNF.replace got {error}") from None
+        new = CNF(list(self.blocks), trace=trace, dim=self.dim, learn_t1=self.learn_t1)
+        new.options = options
         new.sqrt_t1 = self.sqrt_t1  # shared variable: same end times, same parameter
         return new
 
     # ------------------------------------------------------------------ solving
 
-    def _solve(
-        self,
-        block: int,
-        z: Array,
-        direction: int,
-        *,
-        with_logp: bool,
-        noise: Array | None,
-        save_s: Array | None = None,
-        regularize: bool = False,
-    ) -> tuple[Array, Array | None, Regularizers | None, SolveStats]:
-        """Solve one block over s in [0, 1]: z at s = 1 (or at save_s), delta_logp, the
-        regulariser integrals (with ``regularize``) and the solve's statistics."""
-        opts = self.options
-        graphdef, state = nnx.split(self.blocks[block])
+    def _solve(self, block: int, z: Array, direction: int, **kwargs):
+        """Solve block ``block`` (:func:`cnfax.augmented.solve_block`)."""
         end_time = self.end_times[block].astype(z.dtype)
-        term = diffrax.ODETerm(
-            _AugmentedField(
-                graphdef, self.trace, direction, with_logp, opts.count_backward, regularize
-            )
+        return solve_block(
+            self.blocks[block],
+            end_time,
+            z,
+            direction,
+            trace=self.trace,
+            options=self.options,
+            **kwargs,
         )
-        saveat = diffrax.SaveAt(t1=True) if save_s is None else diffrax.SaveAt(ts=save_s)
-
-        def solve_one(z, noise, state, end_time):
-            y0 = {"z": z}
-            if with_logp:
-                y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
-            if regularize:
-                y0.update({k: jnp.zeros(z.shape[:-1], z.dtype) for k in REGULARIZER_KEYS})
-            # The step in s units; not differentiated (no adjoint can differentiate dt0,
-            # and the solution's dependence on T flows through the field's T instead).
-            ds0 = None if opts.dt0 is None else opts.dt0 / jax.lax.stop_gradient(end_time)
-            sol = diffrax.diffeqsolve(
-                term,
-                opts.solver,
-                t0=0.0,
-                t1=1.0,
-                dt0=ds0,
-                y0=y0,
-                args=(state, end_time, noise),
-                saveat=saveat,
-                stepsize_controller=opts.stepsize_controller,
-                adjoint=opts.adjoint,
-                max_steps=opts.max_steps,
-                throw=False,
-            )
-            success = sol.result == diffrax.RESULTS.successful
-            return sol.ys, success, sol.stats
-
-        if opts.per_sample and z.ndim == 2:
-            noise_axis = None if noise is None else 1
-            ys, success, raw = jax.vmap(
-                solve_one, in_axes=(0, noise_axis, None, None), out_axes=(1, 0, 0)
-            )(z, noise, state, end_time)
-            # The vmapped loop runs until its slowest lane is done: its cost is the max.
-            raw = jax.tree.map(jnp.max, raw)
-            lane_ok = success
-            success = jnp.all(success)
-        else:
-            ys, success, raw = solve_one(z, noise, state, end_time)
-            lane_ok = success
-        nfe = solvers.evaluations_per_step(opts.solver) * raw["num_steps"] + (
-            solvers.initial_evaluations(opts.solver)
-        )
-        solve_stats = SolveStats(
-            steps=raw["num_steps"],
-            accepted=raw["num_accepted_steps"],
-            rejected=raw["num_rejected_steps"],
-            nfe=jnp.asarray(nfe),
-            success=success,
-        )
-        # A failed solve's numbers are not results: they become NaN, never silently wrong.
-        ys = _mask_failed(ys, lane_ok)
-        zs = ys["z"] if save_s is not None else ys["z"][0]
-        dlogp = ys["delta_logp"][0] if with_logp else None
-        regs = Regularizers(*(ys[k][0] for k in REGULARIZER_KEYS)) if regularize else None
-        return zs, dlogp, regs, solve_stats
 
     def _noise(self, key, shape, dtype) -> list[Array | None]:
         if self.trace.needs_key and key is None:
@@ -378,17 +190,6 @@ class CNF(nnx.Module):
             else list(jax.random.split(key, self.num_blocks))
         )
         return [self.trace.sample_noise(k, shape, dtype) for k in keys]
-
-    def _raise_on_failure(self, out: Array, solve_stats: SolveStats) -> Array:
-        if not self.options.throw:
-            return out
-        return eqx.error_if(
-            out,
-            ~solve_stats.success,
-            f"CNF solve failed: the solver reached max_steps={self.options.max_steps} "
-            f"({self.options.describe()}). Raise max_steps, loosen rtol/atol, or "
-            "regularise the field (e.g. kinetic energy).",
-        )
 
     def _transform(
         self, x: Array, direction: int, *, key=None, with_logp: bool, regularize: bool = False
@@ -413,19 +214,19 @@ class CNF(nnx.Module):
                 total_dlogp = total_dlogp + dlogp
             if regularize:
                 total_regs = Regularizers(*(a + r for a, r in zip(total_regs, regs, strict=True)))
-        y = self._raise_on_failure(y, total)
+        y = raise_on_failure(y, total, self.options)
         return y, total_dlogp, total_regs, total
 
     # ------------------------------------------------------------------ public API
 
     def forward(self, z: Array) -> Array:
         """Map base points z (n, dim) to data space."""
-        z = _check_points(z, self.dim, "z")
+        z = check_points(z, self.dim, "z")
         return self._transform(z, FORWARD, with_logp=False)[0]
 
     def inverse(self, x: Array) -> Array:
         """Map data points x (n, dim) to the base space."""
-        x = _check_points(x, self.dim, "x")
+        x = check_points(x, self.dim, "x")
         return self._transform(x, INVERSE, with_logp=False)[0]
 
     def log_prob_and_stats(self, x: Array, *, key: Array | None = None) -> tuple[Array, SolveStats]:
@@ -434,7 +235,7 @@ class CNF(nnx.Module):
         log p(x) = log N(z0) - sum_b delta_logp_b, where z0 is x mapped to the base and
         delta_logp_b = log p_{b-1}(z_{b-1}) - log p_b(z_b) is each inverse block's change.
         """
-        x = _check_points(x, self.dim, "x")
+        x = check_points(x, self.dim, "x")
         z0, dlogp, _, solve_stats = self._transform(x, INVERSE, key=key, with_logp=True)
         return standard_normal_log_prob(z0) - dlogp, solve_stats
 
@@ -443,7 +244,7 @@ class CNF(nnx.Module):
     ) -> tuple[Array, Regularizers, SolveStats]:
         """log p(x), RNODE's regularisers along each point's path, and the solve's
         statistics, all from one (inverse) solve of the augmented ODE."""
-        x = _check_points(x, self.dim, "x")
+        x = check_points(x, self.dim, "x")
         z0, dlogp, regs, solve_stats = self._transform(
             x, INVERSE, key=key, with_logp=True, regularize=True
         )
@@ -461,7 +262,7 @@ class CNF(nnx.Module):
     def forward_and_log_prob(self, z: Array, *, key: Array | None = None) -> tuple[Array, Array]:
         """Map base points to data space and carry their log-density along the same solve:
         log p(x) = log N(z) - integral of tr(df/dz) dt."""
-        z = _check_points(z, self.dim, "z")
+        z = check_points(z, self.dim, "z")
         x, dlogp, _, _ = self._transform(z, FORWARD, key=key, with_logp=True)
         return x, standard_normal_log_prob(z) + dlogp
 
@@ -477,7 +278,7 @@ class CNF(nnx.Module):
         Returns shape (len(ts), n, dim). Blocks follow one another in time: block b covers
         [T_0 + ... + T_{b-1}, T_0 + ... + T_b].
         """
-        z = _check_points(z, self.dim, "z")
+        z = check_points(z, self.dim, "z")
         ts = jnp.asarray(ts, z.dtype)
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D array of times, got shape {ts.shape}")
@@ -493,7 +294,7 @@ class CNF(nnx.Module):
             zs, _, _, solve_stats = self._solve(
                 b, y, FORWARD, with_logp=False, noise=None, save_s=save_s
             )
-            zs = self._raise_on_failure(zs, solve_stats)
+            zs = raise_on_failure(zs, solve_stats, self.options)
             y, zs = zs[-1], zs[:-1]
             inside = (ts >= starts[b])[:, None, None]
             path = zs if path is None else jnp.where(inside, zs, path)

@@ -43,14 +43,14 @@ class MaximumLikelihood:
     not take part in step-size control.
     """
 
-    kinetic_energy: float = 0.0
-    jacobian_norm: float = 0.0
-    t1_penalty: float = 0.0
+    kinetic_energy_weight: float = 0.0
+    jacobian_norm_weight: float = 0.0
+    t1_penalty_weight: float = 0.0
 
     def __post_init__(self):
-        for name in ("kinetic_energy", "jacobian_norm", "t1_penalty"):
+        for name in ("kinetic_energy_weight", "jacobian_norm_weight", "t1_penalty_weight"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} weight must be >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
 
     def make_batch(self, data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return data
@@ -60,9 +60,9 @@ class MaximumLikelihood:
         nll = -jnp.mean(logp)
         kinetic = jnp.mean(regs.kinetic_energy)
         jacobian = jnp.mean(regs.jacobian_frobenius)
-        loss = nll + self.kinetic_energy * kinetic + self.jacobian_norm * jacobian
-        if self.t1_penalty:
-            loss = loss + self.t1_penalty * jnp.sum(flow.end_times)
+        loss = nll + self.kinetic_energy_weight * kinetic + self.jacobian_norm_weight * jacobian
+        if self.t1_penalty_weight:
+            loss = loss + self.t1_penalty_weight * jnp.sum(flow.end_times)
         metrics = {"nll": nll, "kinetic_energy": kinetic, "jacobian_frobenius": jacobian}
         return loss, (stats, metrics)
 

@@ -89,15 +89,38 @@ def data_parallel_loss_and_grad(objective, flow, batch, key, mesh):
     )(params, rest, batch, key)
 
 
-def data_parallel_nll(flow, x, mesh):
-    """Mean NLL over a sharded batch, each shard solved on its own device."""
+def data_parallel_log_prob(flow, x, mesh):
+    """log p of each row of a sharded batch, each shard solved on its own device; returns
+    (log p sharded like x, the solves' statistics)."""
     graphdef, state = nnx.split(flow)
     x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(DATA)))
 
     def per_shard(state, x):
         logp, stats = nnx.merge(graphdef, state).log_prob_and_stats(x)
-        return jax.lax.pmean(-jnp.mean(logp), DATA), _reduce_stats(stats)
+        return logp, _reduce_stats(stats)
 
     return jax.shard_map(
-        per_shard, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(), check_vma=False
+        per_shard, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(DATA), P()), check_vma=False
     )(state, x)
+
+
+def replicate(module: nnx.Module, mesh: jax.sharding.Mesh) -> None:
+    """Place every array of an NNX module on all devices of the mesh (replicated), in place,
+    so that it can meet batches sharded over the mesh in one computation."""
+    state = nnx.state(module)
+    nnx.update(module, jax.device_put(state, NamedSharding(mesh, P())))
+
+
+def local_rows(batch: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch (every process generates the same batch)."""
+    rows = len(batch) // jax.process_count()
+    return batch[jax.process_index() * rows : (jax.process_index() + 1) * rows]
+
+
+def gather(x: jax.Array) -> np.ndarray:
+    """A global array as one NumPy array on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -20,6 +20,7 @@ RNODE regularises and which costs nothing extra given the products already forme
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -72,6 +73,7 @@ class TraceEstimator(abc.ABC):
         return False
 
 
+@dataclasses.dataclass(frozen=True)
 class Exact(TraceEstimator):
     """Exact divergence from ``d`` forward-mode Jacobian-vector products: column i of the
     (row-wise) Jacobian is the JVP with e_i, and its i-th entry is dF_i/dz_i. Cost: about
@@ -83,8 +85,7 @@ class Exact(TraceEstimator):
             linearization over them (see ``_jvps``).
     """
 
-    def __init__(self, unroll_up_to: int = UNROLL_UP_TO):
-        self.unroll_up_to = unroll_up_to
+    unroll_up_to: int = UNROLL_UP_TO
 
     def sample_noise(self, key, shape, dtype):
         return None
@@ -99,16 +100,8 @@ class Exact(TraceEstimator):
         frobenius_sq = jnp.sum(columns**2, axis=(0, -1))
         return Divergence(value, trace, frobenius_sq)
 
-    def __repr__(self) -> str:
-        return f"Exact(unroll_up_to={self.unroll_up_to})"
 
-    def __eq__(self, other):
-        return type(other) is Exact and other.unroll_up_to == self.unroll_up_to
-
-    def __hash__(self):
-        return hash(("Exact", self.unroll_up_to))
-
-
+@dataclasses.dataclass(frozen=True)
 class Hutchinson(TraceEstimator):
     """Hutchinson's unbiased estimator tr(J) ~ (1/k) sum_j eps_j^T J eps_j.
 
@@ -123,19 +116,16 @@ class Hutchinson(TraceEstimator):
     2 ||J_sym||_F^2 for Gaussian noise, with J_sym = (J + J^T)/2; both shrink as 1/k.
     """
 
-    def __init__(
-        self,
-        noise: Literal["rademacher", "gaussian"] = "rademacher",
-        probes: int = 1,
-        unroll_up_to: int = UNROLL_UP_TO,
-    ):
+    noise: Literal["rademacher", "gaussian"] = "rademacher"
+    probes: int = 1
+    unroll_up_to: int = UNROLL_UP_TO
+
+    def __post_init__(self):
+        noise, probes = self.noise, self.probes
         if noise not in ("rademacher", "gaussian"):
             raise ValueError(f"Hutchinson noise must be 'rademacher' or 'gaussian', got {noise!r}")
         if not isinstance(probes, int) or probes < 1:
             raise ValueError(f"Hutchinson probes must be a positive integer, got {probes!r}")
-        self.noise = noise
-        self.probes = probes
-        self.unroll_up_to = unroll_up_to
 
     @property
     def needs_key(self) -> bool:
@@ -157,15 +147,3 @@ class Hutchinson(TraceEstimator):
         # E|J eps|^2 = tr(J^T J E[eps eps^T]) = ||J||_F^2 for either noise.
         frobenius_sq = jnp.mean(jnp.sum(jvps**2, axis=-1), axis=0)
         return Divergence(value, trace, frobenius_sq)
-
-    def __repr__(self) -> str:
-        return f"Hutchinson(noise={self.noise!r}, probes={self.probes})"
-
-    def _key(self):
-        return (self.noise, self.probes, self.unroll_up_to)
-
-    def __eq__(self, other):
-        return type(other) is Hutchinson and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(("Hutchinson", *self._key()))

@@ -26,20 +26,28 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
-from cnfax.data.dataset import Dataset, make_dataset
-from cnfax.data.preprocess import Identity, Preprocessing, from_dict
-from cnfax.experiment import MODEL_FIELDS, Config, build_flow, build_objective, build_optimizer
+from cnfax.config import Config, build_flow, build_objective, build_optimizer
+from cnfax.data.dataset import make_dataset
+from cnfax.evaluation import evaluation_flow, held_out_nll
 from cnfax.flow import CNF
 from cnfax.objectives import MaximumLikelihood
 from cnfax.parallel import (
     check_divisible,
     data_mesh,
     data_parallel_loss_and_grad,
-    data_parallel_nll,
+    local_rows,
+    replicate,
     shard_batch,
 )
+from cnfax.run import (
+    CONFIG,
+    METRICS,
+    check_compatible,
+    checkpoint_tree,
+    restore_training_state,
+    write_data_spec,
+)
 from cnfax.stats import backward_evaluations
-from cnfax.trace import Exact
 
 
 @functools.partial(nnx.jit, static_argnames=("objective", "mesh"))
@@ -54,45 +62,6 @@ def train_step(flow: CNF, optimizer: nnx.Optimizer, batch, key, mesh: Mesh, obje
     grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads)
     optimizer.update(flow, grads)
     return loss, stats, metrics
-
-
-@functools.partial(nnx.jit, static_argnames="mesh")
-def mean_nll(flow: CNF, x, mesh: Mesh):
-    """Mean negative log-likelihood (nats) of a sharded batch, and the solve's statistics."""
-    return data_parallel_nll(flow, x, mesh)
-
-
-def local_rows(batch: np.ndarray) -> np.ndarray:
-    """This process's share of a global batch (every process generates the same batch)."""
-    rows = len(batch) // jax.process_count()
-    return batch[jax.process_index() * rows : (jax.process_index() + 1) * rows]
-
-
-def evaluation_flow(flow: CNF) -> CNF:
-    """The same parameters with the exact trace (reported likelihoods are never estimates)."""
-    return flow.replace(trace=Exact(), count_backward=False)
-
-
-def held_out_nll(
-    flow: CNF, x: np.ndarray, mesh: Mesh | None = None, chunk: int = 2000
-) -> tuple[float, int]:
-    """Exact-trace NLL over x (nats) and the NFE of its costliest chunk's solve, in
-    sharded chunks of one shape (one compilation)."""
-    mesh = data_mesh() if mesh is None else mesh
-    chunk -= chunk % mesh.shape["data"]
-    total, nfe = 0.0, 0
-    for i in range(0, len(x), chunk):
-        part = x[i : i + chunk]
-        if len(part) < chunk:  # pad the last chunk to the compiled shape
-            padded = np.concatenate([part, x[: chunk - len(part)]])
-            logp, stats = flow.log_prob_and_stats(jnp.asarray(padded))
-            total -= float(np.sum(np.asarray(logp)[: len(part)]))
-            nfe = max(nfe, int(stats.nfe))
-            continue
-        nll, stats = mean_nll(flow, shard_batch(local_rows(part), mesh), mesh)
-        total += float(nll) * len(part)
-        nfe = max(nfe, int(stats.nfe))
-    return total / len(x), nfe
 
 
 def _describe(error: RuntimeError, config: Config) -> str:
@@ -134,86 +103,6 @@ class TrainingFailed(RuntimeError):
     """Too many consecutive failed steps; the message names the cause and last checkpoint."""
 
 
-def _checkpoint_tree(flow, optimizer, key, step, elapsed) -> dict:
-    return {
-        "flow": nnx.to_pure_dict(nnx.state(flow)),
-        "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
-        "key": jax.random.key_data(key),
-        "step": np.asarray(step, np.int64),
-        "data_index": np.asarray(step, np.int64),  # batches are indexed by step
-        "elapsed": np.asarray(elapsed, np.float64),
-    }
-
-
-def _restore_into(flow, optimizer, tree) -> tuple[jax.Array, int, float]:
-    state = nnx.state(flow)
-    nnx.replace_by_pure_dict(state, tree["flow"])
-    nnx.update(flow, state)
-    opt_state = nnx.state(optimizer)
-    nnx.replace_by_pure_dict(opt_state, tree["optimizer"])
-    nnx.update(optimizer, opt_state)
-    key = jax.random.wrap_key_data(jnp.asarray(tree["key"]))
-    return key, int(tree["step"]), float(tree["elapsed"])
-
-
-def _check_resumable(run_dir: Path, config: Config) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        return
-    saved = Config.load(run_dir)
-    clashes = [
-        f"{name}: saved {getattr(saved, name)!r}, now {getattr(config, name)!r}"
-        for name in MODEL_FIELDS
-        if getattr(saved, name) != getattr(config, name)
-    ]
-    if clashes:
-        raise ValueError(
-            f"{run_dir} holds a run with a different model ({'; '.join(clashes)}); "
-            "use another --run-dir"
-        )
-
-
-DATA_SPEC = "data.json"  # the flow's dimension and the preprocessing, kept with the run
-
-
-def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
-    """Record the data's dimension and preprocessing; refuse data of another dimension."""
-    path = run_dir / DATA_SPEC
-    if path.exists():
-        saved_dim, _ = read_data_spec(run_dir)
-        if saved_dim != dataset.dim:
-            raise ValueError(
-                f"{run_dir} holds a model of dimension {saved_dim}, but the data has "
-                f"dimension {dataset.dim}; use another --run-dir"
-            )
-        return  # keep the preprocessing the model was trained with
-    spec = {"dim": dataset.dim, "preprocessing": dataset.preprocessing.to_dict()}
-    path.write_text(json.dumps(spec, indent=2))
-
-
-def read_data_spec(run_dir: str | Path) -> tuple[int, Preprocessing]:
-    """(dimension, preprocessing) of a run; runs from before data.json are 2-D toys."""
-    path = Path(run_dir) / DATA_SPEC
-    if not path.exists():
-        return 2, Identity()
-    spec = json.loads(path.read_text())
-    return int(spec["dim"]), from_dict(spec["preprocessing"])
-
-
-def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Config, CNF, int]:
-    """Rebuild a run's flow from its config and restore its latest (or best) checkpoint."""
-    run_dir = Path(run_dir)
-    config = Config.load(run_dir)
-    flow = build_flow(config, read_data_spec(run_dir)[0])
-    optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
-    checkpointer = Checkpointer(run_dir, keep=config.keep)
-    like = _checkpoint_tree(flow, optimizer, jax.random.key(0), 0, 0.0)
-    step, tree = checkpointer.restore(like, which)
-    _restore_into(flow, optimizer, tree)
-    checkpointer.close()
-    return config, flow, step
-
-
 def train(config: Config, *, stop_at: int | None = None) -> dict:
     """Train (or resume) the run in ``config.run_dir``; returns the final metrics.
 
@@ -222,34 +111,37 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     """
     config.validate()
     run_dir = Path(config.run_dir)
-    _check_resumable(run_dir, config)
+    check_compatible(run_dir, config)
     dataset = make_dataset(config.dataset, config.seed, config.data)  # bad data: stop here
     run_dir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0  # one process writes config, metrics and the bar
     if lead:
         write_data_spec(run_dir, dataset)
-        (run_dir / "config.json").write_text(config.to_json())
+        (run_dir / CONFIG).write_text(config.to_json())
 
     flow = build_flow(config, dataset.dim)
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
-    evaluator = evaluation_flow(flow)
+    # A failed evaluation solve is a NaN in the metrics, not the end of the run.
+    evaluator = evaluation_flow(flow, throw=False)
     objective = build_objective(config)
     checkpointer = Checkpointer(run_dir, keep=config.keep)
     key = jax.random.key(config.seed)
     start, elapsed = 0, 0.0
     if checkpointer.latest_step() is not None:
-        like = _checkpoint_tree(flow, optimizer, key, 0, 0.0)
+        like = checkpoint_tree(flow, optimizer, key, 0, 0.0)
         _, tree = checkpointer.restore(like)
-        key, start, elapsed = _restore_into(flow, optimizer, tree)
+        key, start, elapsed = restore_training_state(flow, optimizer, tree)
         print(f"resumed {run_dir} at step {start}")
     mesh = data_mesh()
     check_divisible(config.batch_size, mesh)
+    replicate(flow, mesh)  # parameters on every device, like the batches they meet
+    replicate(optimizer, mesh)
     # Held-out NLL in data units: the flow's NLL less the preprocessing's log-determinant.
     # Finite datasets hold out their validation split (the test split is for evaluation).
     held_out, held_out_log_det = dataset.held_out("validation", config.eval_size)
     end = config.iters if stop_at is None else min(stop_at, config.iters)
 
-    metrics_path = run_dir / "metrics.jsonl" if lead else Path(os.devnull)
+    metrics_path = run_dir / METRICS if lead else Path(os.devnull)
     metrics_file = open(metrics_path, "a")  # noqa: SIM115 (closed below)
     # get_terminal_size falls back to 80 columns where a pty reports width 0.
     bar = tqdm(
@@ -315,8 +207,9 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             evaluate_now = done % config.eval_every == 0 or done == end
             if evaluate_now:
                 started = time.perf_counter()
-                nll, row["test_nfe"] = held_out_nll(evaluator, held_out, mesh)
-                row["test_nll"] = nll - float(np.mean(held_out_log_det))
+                row["test_nll"], row["test_nfe"] = held_out_nll(
+                    evaluator, held_out, held_out_log_det, mesh
+                )
                 row["eval_seconds"] = time.perf_counter() - started
             row["wall_time"] = elapsed + time.perf_counter() - clock
             if evaluate_now or done % config.log_every == 0:
@@ -325,7 +218,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             if done % config.ckpt_every == 0 or done == end:
                 checkpointer.save(
                     done,
-                    _checkpoint_tree(flow, optimizer, key, done, row["wall_time"]),
+                    checkpoint_tree(flow, optimizer, key, done, row["wall_time"]),
                     test_nll=row.get("test_nll"),
                 )
             last = row
@@ -333,9 +226,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         # Save the last completed step, so that the next run resumes where this one stopped.
         checkpointer.save(
             completed,
-            _checkpoint_tree(
-                flow, optimizer, key, completed, elapsed + time.perf_counter() - clock
-            ),
+            checkpoint_tree(flow, optimizer, key, completed, elapsed + time.perf_counter() - clock),
         )
         print(f"\ninterrupted: saved a checkpoint at step {completed} in {run_dir}")
         raise

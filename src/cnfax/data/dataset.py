@@ -3,11 +3,12 @@
 Everything the training loop draws is a pure function of (seed, step), so resumed runs
 repeat the uninterrupted run exactly:
 
-- toy densities are infinite streams (``cnfax.data.toy``);
-- finite data (digits, a user's matrix) is split once into train / validation / test by a
-  seeded permutation (80 / 10 / 10 %); batch k takes the next rows of the training split in
-  an order reshuffled every epoch from (seed, epoch), and discrete data gets its uniform
-  dequantisation noise from (seed, step).
+- toy densities are infinite streams (:class:`ToyStream`, ``cnfax.data.toy``);
+- finite data (:class:`SplitDataset`: digits, a user's matrix) is split once into
+  train / validation / test by a seeded permutation (80 / 10 / 10 %); batch k takes the
+  next rows of the training split in an order reshuffled every epoch from (seed, epoch),
+  and discrete data gets its uniform dequantisation noise (the preprocessing's
+  ``randomize``) from (seed, step).
 
 Batches and held-out sets come out in the flow's space, with the log-determinant of the
 preprocessing per row, so that NLLs in data units are flow NLL - mean log-determinant.
@@ -15,6 +16,7 @@ preprocessing per row, so that NLLs in data units are flow NLL - mean log-determ
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import numpy as np
@@ -22,11 +24,12 @@ import numpy as np
 from cnfax.data import digits, toy
 from cnfax.data.preprocess import (
     Chain,
+    Dequantize,
     Identity,
     Logit,
     Preprocessing,
     Standardize,
-    dequantize,
+    find_step,
 )
 from cnfax.data.tabular import MIN_ROWS, DataError, load_matrix
 
@@ -34,24 +37,65 @@ SPLITS = ("train", "validation", "test")
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
 
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
+class Dataset(abc.ABC):
+    """What the training loop and evaluation draw: batches and held-out sets in the flow's
+    space, each a pure function of (seed, step)."""
+
     name: str
     dim: int
     preprocessing: Preprocessing
     seed: int
-    splits: dict[str, np.ndarray] | None = None  # raw rows of finite data; None for toys
-    levels: int | None = None  # discrete data with this many levels is dequantised
+
+    @abc.abstractmethod
+    def train_batch(self, step: int, n: int) -> np.ndarray:
+        """Training batch number ``step`` in the flow's space, shape (n, dim), float32."""
+
+    @abc.abstractmethod
+    def held_out(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(points in the flow's space, log-determinant per point) of a held-out set."""
+
+    @property
+    def levels(self) -> int | None:
+        """Grey levels K of discrete data (a logit preprocessing), else None."""
+        logit = find_step(self.preprocessing, Logit)
+        return None if logit is None else logit.levels
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyStream(Dataset):
+    """An infinite stream of a 2-D toy density; the held-out set is its own stream."""
+
+    name: str
+    seed: int
+    dim: int = 2
+    preprocessing: Preprocessing = Identity()
+
+    def train_batch(self, step, n):
+        return toy.train_batch(self.name, self.seed, step, n)
+
+    def held_out(self, split, size=None):
+        points = toy.held_out_set(self.name, self.seed, size)
+        return points, np.zeros(len(points), np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitDataset(Dataset):
+    """Finite data split once into train / validation / test (raw rows, data units)."""
+
+    name: str
+    dim: int
+    preprocessing: Preprocessing
+    seed: int
+    splits: dict[str, np.ndarray]
 
     def prepare(self, raw: np.ndarray, rng: np.random.Generator):
-        v = dequantize(raw, rng) if self.levels else raw
-        y, log_det = self.preprocessing.to_flow(v.astype(np.float32))
-        return y.astype(np.float32), log_det.astype(np.float32)
+        """Raw rows in the flow's space (float32) and their log-determinants. The maps run
+        in float64; only their results are cast."""
+        v = self.preprocessing.randomize(np.asarray(raw, np.float64), rng)
+        y, log_det = self.preprocessing.to_flow(v)
+        return y.astype(np.float32), np.asarray(log_det, np.float32)
 
-    def train_batch(self, step: int, n: int) -> np.ndarray:
-        """Training batch number ``step`` in the flow's space, shape (n, dim)."""
-        if self.splits is None:
-            return toy.train_batch(self.name, self.seed, step, n)
+    def train_batch(self, step, n):
         rows = self.splits["train"]
         positions = step * n + np.arange(n)
         epochs, offsets = np.divmod(positions, len(rows))
@@ -62,18 +106,12 @@ class Dataset:
         batch = rows[[order[e][o] for e, o in zip(epochs, offsets, strict=True)]]
         return self.prepare(batch, np.random.default_rng([self.seed, 4, step]))[0]
 
-    def held_out(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(points in the flow's space, log-determinant per point) of a held-out split,
-        with fixed dequantisation noise. Toys draw ``size`` points from a test stream."""
-        if self.splits is None:
-            points = toy.held_out_set(self.name, self.seed, size)
-            return points, np.zeros(len(points), np.float32)
+    def held_out(self, split, size=None):
+        """The whole split, with fixed dequantisation noise (``size`` is for streams)."""
         rng = np.random.default_rng([self.seed, 5, _SPLIT_STREAM[split]])
         return self.prepare(self.splits[split], rng)
 
     def raw(self, split: str) -> np.ndarray:
-        if self.splits is None:
-            raise ValueError("toy densities have no fixed splits")
         return self.splits[split]
 
 
@@ -88,14 +126,14 @@ def split_rows(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 def make_dataset(name: str, seed: int, path: str | None = None) -> Dataset:
     """The dataset a config names: a toy density, "digits", or "tabular" with ``path``."""
     if name in toy.TOY_DATASETS:
-        return Dataset(name, 2, Identity(), seed)
+        return ToyStream(name, seed)
     if name == "digits":
         splits = split_rows(digits.load_digits(), seed)
         logit = Logit(digits.LEVELS)
         rng = np.random.default_rng([seed, 7])
-        logits, _ = logit.to_flow(dequantize(splits["train"], rng))
-        preprocessing = Chain((logit, Standardize.fit(logits)))
-        return Dataset(name, 64, preprocessing, seed, splits, digits.LEVELS)
+        logits, _ = logit.to_flow(Dequantize().randomize(splits["train"], rng))
+        preprocessing = Chain((Dequantize(), logit, Standardize.fit(logits)))
+        return SplitDataset(name, 64, preprocessing, seed, splits)
     if name == "tabular":
         if not path:
             raise DataError("dataset 'tabular' needs a file: pass --data PATH (.npy or .csv)")
@@ -104,5 +142,5 @@ def make_dataset(name: str, seed: int, path: str | None = None) -> Dataset:
         if len(splits["train"]) < MIN_ROWS - 2:
             raise DataError(f"{path}: too few rows for a training split")
         # Standardise with the training split's statistics only.
-        return Dataset(name, x.shape[1], Standardize.fit(splits["train"]), seed, splits)
+        return SplitDataset(name, x.shape[1], Standardize.fit(splits["train"]), seed, splits)
     raise DataError(f"unknown dataset {name!r}")

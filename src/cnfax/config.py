@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import diffrax
 import optax
+import tyro
 from flax import nnx
 
+from cnfax.augmented import SolveOptions
 from cnfax.data.toy import TOY_DATASETS
-from cnfax.fields import ACTIVATIONS, ConcatSquashMLP
-from cnfax.flow import CNF
+from cnfax.fields import ACTIVATIONS, ConcatSquashMLP, check_widths
+from cnfax.flow import CNF, check_end_time
 from cnfax.objectives import FlowMatching, MaximumLikelihood
 from cnfax.trace import Exact, Hutchinson
 
@@ -34,13 +36,16 @@ ADJOINTS = {
     "checkpoint": diffrax.RecursiveCheckpointAdjoint,
 }
 DATASETS = [*TOY_DATASETS, "digits", "tabular"]
+_RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 # Options that change the model's parameters: a run directory must be resumed with the same.
 MODEL_FIELDS = ("dataset", "hidden", "activation", "num_blocks", "learn_t1")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Train a CNF on a 2-D toy density (FFJORD's toy set-up by default)."""
+    """Train a CNF on a toy density, the digits or a user's matrix (FFJORD's 2-D toy set-up
+    by default). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
+    (``kinetic_energy``, ``jacobian_frobenius``) are metrics."""
 
     dataset: str = "8gaussians"
     """a 2-D toy (8gaussians, checkerboard, 2spirals, pinwheel, swissroll, circles, moons,
@@ -60,11 +65,11 @@ class Config:
     learn_t1: bool = False
     objective: Literal["mle", "flow-matching"] = "mle"
     """maximum likelihood through the solve, or simulation-free flow matching"""
-    kinetic_energy: float = 0.0
+    kinetic_energy_weight: Annotated[float, tyro.conf.arg(name="kinetic-energy")] = 0.0
     """RNODE weight on int |f|^2 dt (maximum likelihood only)"""
-    jacobian_norm: float = 0.0
+    jacobian_norm_weight: Annotated[float, tyro.conf.arg(name="jacobian-norm")] = 0.0
     """RNODE weight on int ||df/dz||_F^2 dt (maximum likelihood only)"""
-    t1_penalty: float = 0.0
+    t1_penalty_weight: Annotated[float, tyro.conf.arg(name="t1-penalty")] = 0.0
     """weight on the sum of learned end times (with --learn-t1)"""
     sigma_min: float = 1e-4
     """flow matching: width of the path's end around each data point"""
@@ -97,59 +102,53 @@ class Config:
     pictures: bool = True
 
     def validate(self) -> Config:
-        """Raise ValueError naming each bad option and the valid choices; return self."""
+        """Raise ValueError naming each bad option (and the valid choices); return self.
+
+        Here live the rules across options and the names looked up in tables; the values
+        that the flow, trace, solver options and objective check themselves are checked by
+        building those objects, so each rule is written once."""
         problems = []
-        if self.dataset not in DATASETS:
-            problems.append(f"dataset {self.dataset!r} (choose from {DATASETS})")
+        for name, table in (
+            ("dataset", DATASETS),
+            ("solver", SOLVERS),
+            ("adjoint", ADJOINTS),
+            ("activation", ACTIVATIONS),
+        ):
+            if getattr(self, name) not in table:
+                problems.append(f"{name} {getattr(self, name)!r} (choose from {sorted(table)})")
         if (self.dataset == "tabular") != bool(self.data):
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
-        if self.solver not in SOLVERS:
-            problems.append(f"solver {self.solver!r} (choose from {sorted(SOLVERS)})")
-        if self.adjoint not in ADJOINTS:
-            problems.append(f"adjoint {self.adjoint!r} (choose from {sorted(ADJOINTS)})")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation {self.activation!r} (choose from {sorted(ACTIVATIONS)})")
-        if self.trace not in ("exact", "hutchinson"):
-            problems.append(f"trace {self.trace!r} (choose from ['exact', 'hutchinson'])")
-        if self.objective not in ("mle", "flow-matching"):
-            problems.append(f"objective {self.objective!r} (choose from ['mle', 'flow-matching'])")
-        if self.coupling not in ("independent", "ot"):
-            problems.append(f"coupling {self.coupling!r} (choose from ['independent', 'ot'])")
-        for name in ("kinetic_energy", "jacobian_norm", "t1_penalty", "sigma_min"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not self.sigma_min < 1:
-            problems.append(f"sigma_min must be below 1, got {self.sigma_min}")
         if self.objective == "flow-matching":
             if self.learn_t1 or self.num_blocks != 1:
                 problems.append("flow-matching trains one block with a fixed end time")
-            if self.kinetic_energy or self.jacobian_norm or self.t1_penalty:
+            if self.kinetic_energy_weight or self.jacobian_norm_weight or self.t1_penalty_weight:
                 problems.append(
                     "kinetic_energy, jacobian_norm and t1_penalty apply to --objective mle"
                 )
-        if self.t1_penalty and not self.learn_t1:
+        if self.t1_penalty_weight and not self.learn_t1:
             problems.append("t1_penalty needs --learn-t1")
-        for name in (
-            "iters",
-            "batch_size",
-            "num_blocks",
-            "eval_every",
-            "ckpt_every",
-            "keep",
-            "eval_size",
-            "log_every",
-            "max_steps",
-            "probes",
-        ):
+        # The loop's own settings, which no object checks.
+        counts = ("iters", "batch_size", "num_blocks", "eval_every", "ckpt_every", "keep")
+        for name in (*counts, "eval_size", "log_every", "max_failures"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "t1", "rtol", "atol"):
+        for name in ("lr", "rtol", "atol"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             problems.append("weight_decay and grad_clip must be non-negative")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            problems.append(f"hidden widths must be positive, got {self.hidden}")
+        # The objects' own checks, collected rather than restated.
+        for check in (
+            build_objective,
+            build_trace,
+            lambda c: check_end_time(c.t1),
+            lambda c: SolveOptions.create(max_steps=c.max_steps),
+            lambda c: check_widths(1, c.hidden),
+        ):
+            try:
+                check(self)
+            except ValueError as problem:
+                problems.append(str(problem))
         if problems:
             raise ValueError("invalid config: " + "; ".join(problems))
         return self
@@ -161,6 +160,9 @@ class Config:
     def from_json(cls, text: str) -> Config:
         raw = json.loads(text)
         raw["hidden"] = tuple(raw["hidden"])
+        for old in _RENAMED:  # runs saved before the weights were named as weights
+            if old in raw:
+                raw[f"{old}_weight"] = raw.pop(old)
         return cls(**raw)
 
     @classmethod
@@ -175,12 +177,11 @@ def build_flow(config: Config, dim: int) -> CNF:
         ConcatSquashMLP(dim, config.hidden, activation=config.activation, rngs=rngs)
         for _ in range(config.num_blocks)
     ]
-    trace = Exact() if config.trace == "exact" else Hutchinson(config.noise, config.probes)
     return CNF(
         fields,
         t1=config.t1,
         learn_t1=config.learn_t1,
-        trace=trace,
+        trace=build_trace(config),
         solver=SOLVERS[config.solver](),
         stepsize_controller=diffrax.PIDController(rtol=config.rtol, atol=config.atol),
         adjoint=ADJOINTS[config.adjoint](),
@@ -188,6 +189,15 @@ def build_flow(config: Config, dim: int) -> CNF:
         throw=False,  # a failed solve is a NaN loss, and the step is skipped
         count_backward=True,
     )
+
+
+def build_trace(config: Config) -> Exact | Hutchinson:
+    """The divergence estimator used in training."""
+    if config.trace == "exact":
+        return Exact()
+    if config.trace == "hutchinson":
+        return Hutchinson(config.noise, config.probes)
+    raise ValueError(f"trace {config.trace!r} (choose from ['exact', 'hutchinson'])")
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
@@ -204,8 +214,10 @@ def build_objective(config: Config) -> MaximumLikelihood | FlowMatching:
     """The training objective a config names (see :mod:`cnfax.objectives`)."""
     if config.objective == "flow-matching":
         return FlowMatching(sigma_min=config.sigma_min, coupling=config.coupling)
-    return MaximumLikelihood(
-        kinetic_energy=config.kinetic_energy,
-        jacobian_norm=config.jacobian_norm,
-        t1_penalty=config.t1_penalty,
-    )
+    if config.objective == "mle":
+        return MaximumLikelihood(
+            kinetic_energy_weight=config.kinetic_energy_weight,
+            jacobian_norm_weight=config.jacobian_norm_weight,
+            t1_penalty_weight=config.t1_penalty_weight,
+        )
+    raise ValueError(f"objective {config.objective!r} (choose from ['mle', 'flow-matching'])")

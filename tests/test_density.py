@@ -12,11 +12,11 @@ from helpers import SMALL_TRAINING
 
 import cnfax
 import cnfax.data.preprocess
+from cnfax.config import Config
 from cnfax.data.dataset import split_rows
 from cnfax.data.preprocess import Logit
-from cnfax.experiment import Config
+from cnfax.density import TrainedModel
 from cnfax.train import train
-from cnfax.trained import TrainedModel
 
 
 class ZeroField(nnx.Module):
@@ -41,8 +41,21 @@ def test_bits_per_dim_of_a_hand_computed_case():
     np.testing.assert_allclose(model.log_prob(v), 4 * expected_per_dim, rtol=1e-6)
     bits = cnfax.data.preprocess.bits_per_dim(-float(jnp.mean(model.log_prob(v))), 4)
     assert math.isclose(bits, 0.5 * math.log2(2 * math.pi) - 1, rel_tol=1e-5)
-    with pytest.raises(ValueError, match="outside the data's support"):
+    with pytest.raises(ValueError, match=r"x\[0, 0\] = 2.5 lies outside this model's support"):
         model.log_prob(jnp.full((1, 4), 2.5))
+
+
+@pytest.mark.parametrize("bad_value", [-0.5, 2.0, 2.04])
+def test_points_outside_zero_to_k_are_refused_naming_the_first(bad_value):
+    """The logit map is finite on (-alpha K / (1 - 2 alpha), K (1 - alpha) / (1 - 2 alpha)),
+    wider than [0, K); the model's support is [0, K), so the check must not rely on the map
+    returning inf (-0.5 and 2.04 give finite logits with alpha = 0.05, K = 2)."""
+    model = TrainedModel(cnfax.CNF(ZeroField(4), t1=1.0), Logit(2), Config(), 0)
+    v = np.full((2, 4), 1.0)
+    v[1, 2] = bad_value
+    with pytest.raises(ValueError, match=rf"x\[1, 2\] = {bad_value:g} lies outside"):
+        model.log_prob(v)
+    assert np.all(np.isfinite(model.log_prob(v[:1])))
 
 
 @pytest.fixture(scope="module")
