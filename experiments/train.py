@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 
 import jax
 import tyro
@@ -33,7 +34,12 @@ def initialize_distributed() -> None:
         )
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    warnings.showwarning = _one_line_warning  # e.g. discrete columns of --data
     initialize_distributed()
     config = tyro.cli(Config, args=argv)
     if config.data and config.dataset == Config.dataset:  # --data alone means tabular

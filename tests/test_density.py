@@ -1,6 +1,7 @@
 """cnfax.load: a trained run answers in data units, its preprocessing Jacobian included,
 and bits/dim of a hand-computed case."""
 
+import logging
 import math
 
 import jax
@@ -14,7 +15,7 @@ import cnfax
 import cnfax.data.preprocess
 from cnfax.config import Config
 from cnfax.data.dataset import split_rows
-from cnfax.data.preprocess import Logit
+from cnfax.data.preprocess import Identity, Logit
 from cnfax.density import TrainedModel
 from cnfax.train import train
 
@@ -93,3 +94,22 @@ def test_load_answers_in_data_units_with_the_standardisation_jacobian(tabular_ru
     assert np.all(np.abs(samples.mean(0) - x.mean(0)) < 0.5 * x.std(0))
     with pytest.raises(ValueError, match="last dimension 2, but the flow's dimension is 3"):
         model.log_prob(x[:5, :2])
+
+
+def test_ragged_input_sizes_compile_once_per_bucket(monkeypatch, caplog):
+    """20 random batch sizes in [1, 200] with buckets 1, 2, 4, ..., 64 and chunks of 64:
+    at most 7 compilations of the solve, where one per distinct size would be ~20."""
+    monkeypatch.setattr(cnfax.density, "CHUNK", 64)
+    field = cnfax.ConcatSquashMLP(2, (8,), rngs=nnx.Rngs(0))
+    model = TrainedModel(cnfax.CNF(field, t1=0.5), Identity(), Config(), 0)
+    sizes = np.random.default_rng(0).integers(1, 201, size=20)
+    x = np.random.default_rng(1).normal(size=(200, 2))
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        results = [np.asarray(model.log_prob(x[:n])) for n in sizes]
+    compiles = [r for r in caplog.records if "Compiling jit(_flow_log_prob)" in r.getMessage()]
+    assert len(set(sizes.tolist())) >= 15
+    assert 1 <= len(compiles) <= 7, len(compiles)
+    # Padding never changes a row's answer: every size agrees with the largest batch.
+    full = np.asarray(model.log_prob(x))
+    for n, logp in zip(sizes, results, strict=True):
+        np.testing.assert_allclose(logp, full[:n], rtol=1e-5, atol=1e-5)

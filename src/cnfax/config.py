@@ -18,6 +18,7 @@ import tyro
 from flax import nnx
 
 from cnfax.augmented import SolveOptions
+from cnfax.data.dataset import Dataset, make_dataset
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.fields import ACTIVATIONS, ConcatSquashMLP, check_widths
 from cnfax.flow import CNF, check_end_time
@@ -52,6 +53,9 @@ class Config:
     rings), digits (scikit-learn's 8x8 images), or tabular (with --data)"""
     data: str | None = None
     """a .npy or .csv matrix (rows are samples) to train on; implies --dataset tabular"""
+    dequantize: bool = False
+    """with --data: add uniform noise U[0, 1) to integer-valued columns (counts, categories),
+    whose likelihood is otherwise unbounded; the model is then a density of x + u"""
     iters: int = 1500
     """training iterations"""
     batch_size: int = 256
@@ -118,6 +122,8 @@ class Config:
                 problems.append(f"{name} {getattr(self, name)!r} (choose from {sorted(table)})")
         if (self.dataset == "tabular") != bool(self.data):
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
+        if self.dequantize and not self.data:
+            problems.append("--dequantize goes with --data (the digits are always dequantised)")
         if self.objective == "flow-matching":
             if self.learn_t1 or self.num_blocks != 1:
                 problems.append("flow-matching trains one block with a fixed end time")
@@ -189,6 +195,11 @@ def build_flow(config: Config, dim: int) -> CNF:
         throw=False,  # a failed solve is a NaN loss, and the step is skipped
         count_backward=True,
     )
+
+
+def build_dataset(config: Config) -> Dataset:
+    """The data a config names, with its preprocessing (unusable data: DataError)."""
+    return make_dataset(config.dataset, config.seed, config.data, config.dequantize)
 
 
 def build_trace(config: Config) -> Exact | Hutchinson:

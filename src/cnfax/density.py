@@ -63,7 +63,8 @@ class TrainedModel:
             part = y[i : i + CHUNK]
             size = bucket_size(len(part))
             padded = np.concatenate([part, np.repeat(part[:1], size - len(part), axis=0)])
-            logp = _flow_log_prob(self.flow, jnp.asarray(padded, jnp.result_type(float)))
+            # Cast on the host: a device-side cast would compile once per input size.
+            logp = _flow_log_prob(self.flow, jnp.asarray(padded.astype(jnp.result_type(float))))
             out.append(np.asarray(logp, np.float64)[: len(part)])
         return np.concatenate(out)
 
@@ -79,7 +80,7 @@ class TrainedModel:
         self.preprocessing.check_support(x)
         y, log_det = self.preprocessing.to_flow(x)
         logp = to_data_units(self._flow_log_prob(y), log_det)
-        return jnp.asarray(logp[0] if single else logp)
+        return jnp.asarray((logp[0] if single else logp).astype(jnp.result_type(float)))
 
     def sample(self, key: jax.Array, n: int) -> np.ndarray:
         """n samples in data units (float64), shape (n, dim)."""

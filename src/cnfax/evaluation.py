@@ -25,7 +25,8 @@ from jax.sharding import Mesh
 
 from cnfax import baselines
 from cnfax.audit import audit_flow
-from cnfax.data.dataset import Dataset, SplitDataset, make_dataset
+from cnfax.config import build_dataset
+from cnfax.data.dataset import Dataset, SplitDataset
 from cnfax.data.digits import IMAGE_SHAPE
 from cnfax.data.preprocess import bits_per_dim
 from cnfax.flow import CNF
@@ -153,7 +154,7 @@ def evaluate_run(args: EvalArgs) -> dict:
     ``evaluation_<which>.json`` and prints a summary. The audit raises AssertionError."""
     config, flow, step = restore_flow(args.run_dir, args.which)
     dim = flow.dim
-    dataset = make_dataset(config.dataset, config.seed, config.data)
+    dataset = build_dataset(config)
     tight = evaluation_flow(flow, tol=args.tol)
     held_out, log_det = dataset.held_out("test", args.test_size)
     start = time.perf_counter()

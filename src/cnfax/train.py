@@ -26,8 +26,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from cnfax.checkpoint import Checkpointer
-from cnfax.config import Config, build_flow, build_objective, build_optimizer
-from cnfax.data.dataset import make_dataset
+from cnfax.config import Config, build_dataset, build_flow, build_objective, build_optimizer
 from cnfax.evaluation import evaluation_flow, held_out_nll
 from cnfax.flow import CNF
 from cnfax.objectives import MaximumLikelihood
@@ -112,7 +111,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     config.validate()
     run_dir = Path(config.run_dir)
     check_compatible(run_dir, config)
-    dataset = make_dataset(config.dataset, config.seed, config.data)  # bad data: stop here
+    dataset = build_dataset(config)  # bad data: stop here
     run_dir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0  # one process writes config, metrics and the bar
     if lead:
@@ -136,6 +135,13 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     check_divisible(config.batch_size, mesh)
     replicate(flow, mesh)  # parameters on every device, like the batches they meet
     replicate(optimizer, mesh)
+    devices = mesh.shape["data"]
+    if lead:
+        platform = jax.devices()[0].platform
+        print(
+            f"training on {devices} device{'s' * (devices > 1)} ({platform}), "
+            f"{config.batch_size // devices} points per device"
+        )
     # Held-out NLL in data units: the flow's NLL less the preprocessing's log-determinant.
     # Finite datasets hold out their validation split (the test split is for evaluation).
     held_out, held_out_log_det = dataset.held_out("validation", config.eval_size)
@@ -201,6 +207,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 "rejected": int(stats.rejected),
                 "t1": float(jnp.sum(flow.end_times)),
                 "rejected_steps_total": rejected_total,
+                "devices": devices,
                 **{name: float(value) for name, value in metrics.items()},
             }
             bar.set_postfix(loss=f"{loss:.3f}", nfe=f"{row['nfe_forward']}/{row['nfe_backward']}")

@@ -31,7 +31,7 @@ from cnfax.data.preprocess import (
     Standardize,
     find_step,
 )
-from cnfax.data.tabular import MIN_ROWS, DataError, load_matrix
+from cnfax.data.tabular import MIN_ROWS, DataError, check_columns, load_table
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
@@ -123,8 +123,11 @@ def split_rows(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {"train": train, "validation": validation, "test": test}
 
 
-def make_dataset(name: str, seed: int, path: str | None = None) -> Dataset:
-    """The dataset a config names: a toy density, "digits", or "tabular" with ``path``."""
+def make_dataset(
+    name: str, seed: int, path: str | None = None, dequantize: bool = False
+) -> Dataset:
+    """The dataset a config names: a toy density, "digits", or "tabular" with ``path``
+    (``dequantize``: uniform noise on its integer-valued columns)."""
     if name in toy.TOY_DATASETS:
         return ToyStream(name, seed)
     if name == "digits":
@@ -137,10 +140,14 @@ def make_dataset(name: str, seed: int, path: str | None = None) -> Dataset:
     if name == "tabular":
         if not path:
             raise DataError("dataset 'tabular' needs a file: pass --data PATH (.npy or .csv)")
-        x = load_matrix(path)
-        splits = split_rows(x, seed)
+        table = load_table(path)
+        discrete = check_columns(table, path, dequantize)
+        splits = split_rows(table.values, seed)
         if len(splits["train"]) < MIN_ROWS - 2:
             raise DataError(f"{path}: too few rows for a training split")
-        # Standardise with the training split's statistics only.
-        return SplitDataset(name, x.shape[1], Standardize.fit(splits["train"]), seed, splits)
+        steps = (Dequantize(tuple(discrete)),) if dequantize and discrete else ()
+        # Standardise with the training split's statistics only (dequantised, if it is).
+        train = Chain(steps).randomize(splits["train"], np.random.default_rng([seed, 7]))
+        preprocessing = Chain((*steps, Standardize.fit(train))) if steps else Standardize.fit(train)
+        return SplitDataset(name, table.values.shape[1], preprocessing, seed, splits)
     raise DataError(f"unknown dataset {name!r}")
