@@ -17,6 +17,9 @@ differentiates ``y0``, ``args`` and the term:
   ``args``, not through ``t1``, which no adjoint can differentiate.
 - The network's state goes through ``args`` (``nnx.split`` / ``nnx.merge``), never through
   a closure over traced values, and so does the Hutchinson noise, drawn once per solve.
+- So does a conditional flow's condition y (after its embedding): dz/ds = +-T f(t, z, y).
+  y is constant along the path, so it is no part of the state: it never enters step-size
+  control, and the backward solve's adjoint of ``args`` carries dL/dy to the embedding.
 
 The inverse direction runs s from 0 to 1 too, with the field negated and time reversed, so
 solver, controller and adjoint see the same forward-in-time problem either way.
@@ -122,7 +125,9 @@ class SolveOptions:
 class AugmentedField(eqx.Module):
     """The right-hand side of the augmented ODE in normalised time s (module docstring).
 
-    ``args`` is (field state, T, Hutchinson noise or None). The Jacobian norm comes from
+    ``args`` is (field state, T, Hutchinson noise or None, condition features or None):
+    the field is called f(t, z) or, with a condition, f(t, z, y). The divergence is
+    taken in z only (y is held fixed). The Jacobian norm comes from
     the JVPs the divergence already formed: exact, or its unbiased estimate |J eps|^2.
     :mod:`cnfax.control` keeps the regularisers out of step-size control.
     """
@@ -135,13 +140,14 @@ class AugmentedField(eqx.Module):
     regularize: bool = eqx.field(static=True, default=False)
 
     def __call__(self, s, y, args):
-        state, end_time, noise = args
+        # (state, T, noise) without a condition is accepted too (older callers).
+        state, end_time, noise, condition = (*args, None) if len(args) == 3 else args
         field = nnx.merge(self.graphdef, state)
         t = end_time * (s if self.direction == FORWARD else 1 - s)
         speed = self.direction * end_time
 
         def f(z):
-            return field(t, z)
+            return field(t, z) if condition is None else field(t, z, condition)
 
         if self.with_logp:
             div = self.trace(f, y["z"], noise)
@@ -189,15 +195,20 @@ def solve_block(
     noise: Array | None,
     save_s: Array | None = None,
     regularize: bool = False,
+    condition: Array | None = None,
 ) -> BlockSolution:
-    """Solve one block's augmented ODE over s in [0, 1] in ``direction``."""
+    """Solve one block's augmented ODE over s in [0, 1] in ``direction``.
+
+    ``condition`` (conditional blocks only) holds the condition features of each point,
+    shape ``z.shape[:-1] + (c,)``; with ``per_sample`` it is split per point like z.
+    """
     graphdef, state = nnx.split(block)
     term = diffrax.ODETerm(
         AugmentedField(graphdef, trace, direction, with_logp, options.count_backward, regularize)
     )
     saveat = diffrax.SaveAt(t1=True) if save_s is None else diffrax.SaveAt(ts=save_s)
 
-    def solve_one(z, noise, state, end_time):
+    def solve_one(z, noise, condition, state, end_time):
         y0 = {"z": z}
         if with_logp:
             y0["delta_logp"] = jnp.zeros(z.shape[:-1], z.dtype)
@@ -213,7 +224,7 @@ def solve_block(
             t1=1.0,
             dt0=ds0,
             y0=y0,
-            args=(state, end_time, noise),
+            args=(state, end_time, noise, condition),
             saveat=saveat,
             stepsize_controller=options.stepsize_controller,
             adjoint=options.adjoint,
@@ -224,14 +235,15 @@ def solve_block(
 
     if options.per_sample and z.ndim == 2:
         noise_axis = None if noise is None else 1
+        condition_axis = None if condition is None else 0
         ys, lane_ok, raw = jax.vmap(
-            solve_one, in_axes=(0, noise_axis, None, None), out_axes=(1, 0, 0)
-        )(z, noise, state, end_time)
+            solve_one, in_axes=(0, noise_axis, condition_axis, None, None), out_axes=(1, 0, 0)
+        )(z, noise, condition, state, end_time)
         # The vmapped loop runs until its slowest lane is done: its cost is the max.
         raw = jax.tree.map(jnp.max, raw)
         success = jnp.all(lane_ok)
     else:
-        ys, success, raw = solve_one(z, noise, state, end_time)
+        ys, success, raw = solve_one(z, noise, condition, state, end_time)
         lane_ok = success
     nfe = solvers.evaluations_per_step(options.solver) * raw["num_steps"] + (
         solvers.initial_evaluations(options.solver)

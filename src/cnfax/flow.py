@@ -10,6 +10,13 @@ so one solve of the augmented state (z, delta_logp) gives both the transformed p
 the change in log-density; solving backwards inverts the map. The dynamics and the solve
 of one block live in :mod:`cnfax.augmented`; this module chains blocks and checks inputs.
 ``delta_logp`` is the change log p(end) - log p(start) of each solve.
+
+A conditional flow models p(x | y): the field is f(t, z, h) with features h = e(y) of the
+condition (e an optional embedding network, else the identity), held fixed along the path,
+
+    log p(x | y) = log N(z(0)) - int_0^T tr(df/dz (t, z(t), e(y))) dt,
+
+so for every y the map z(0) -> x is a flow and p(. | y) a normalised density.
 """
 
 from __future__ import annotations
@@ -18,10 +25,8 @@ import math
 from collections.abc import Sequence
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cnfax.augmented import (
@@ -32,6 +37,7 @@ from cnfax.augmented import (
     raise_on_failure,
     solve_block,
 )
+from cnfax.inputs import check_condition, check_end_time, check_points, condition_width
 from cnfax.stats import SolveStats
 from cnfax.trace import Exact, TraceEstimator
 
@@ -44,46 +50,20 @@ def standard_normal_log_prob(z: Array) -> Array:
     return -0.5 * jnp.sum(jnp.square(z), axis=-1) - 0.5 * d * math.log(2 * math.pi)
 
 
-def check_points(x, dim: int, name: str) -> Array:
-    """Validate user points before any solve; return them as a JAX array."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"{name} must have a floating dtype, got {x.dtype}; convert it first, "
-            f"e.g. {name}.astype(jnp.float32)"
-        )
-    if x.ndim not in (1, 2):
-        raise ValueError(
-            f"{name} must have shape (n, {dim}) or ({dim},), got rank {x.ndim} shape {x.shape}"
-        )
-    if x.shape[-1] != dim:
-        raise ValueError(
-            f"{name} has last dimension {x.shape[-1]}, but the flow's dimension is {dim} "
-            f"(shape {x.shape})"
-        )
-    message = f"{name} contains NaN or inf values"
-    if isinstance(x, jax.core.Tracer):
-        x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), message)
-    else:
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
-        if bad:
-            raise ValueError(f"{message} ({bad} of {x.size} entries)")
-    return x
-
-
-def check_end_time(t1) -> None:
-    """Raise ValueError unless t1 is a positive finite number."""
-    if not isinstance(t1, (int, float)) or not t1 > 0 or not math.isfinite(t1):
-        raise ValueError(f"t1 must be a positive finite number, got {t1!r}")
-
-
 class CNF(nnx.Module):
     """A continuous normalizing flow (FFJORD) over R^dim with a standard normal base.
 
     Args:
         field: an NNX module f(t, z), or a sequence of them: blocks applied in order
             base -> data, each solved over its own [0, T_b], log-densities summed
-            (FFJORD's num_blocks).
+            (FFJORD's num_blocks). A field with ``condition_dim`` = e > 0 is conditional,
+            f(t, z, h) (:mod:`cnfax.fields`); then every block must have the same e, every
+            method takes ``condition=`` and each block sees the same features h.
+        embedding: an optional NNX module mapping raw conditions y, shape (m, c), to the
+            field's features h = e(y), shape (m, e), row by row; trained with the field
+            (its parameters are part of this module). Default: h = y.
+        condition_dim: the raw condition width c. Default: the field's e without an
+            embedding, else the embedding's ``in_features`` (as in ``nnx.Linear``).
         t1: end time T of every block.
         learn_t1: learn T (one per block), kept positive as T = sqrt_t1^2 (FFJORD's train_T).
         trace: divergence estimator, :class:`cnfax.Exact` (default) or
@@ -107,6 +87,8 @@ class CNF(nnx.Module):
         self,
         field: nnx.Module | Sequence[nnx.Module],
         *,
+        embedding: nnx.Module | None = None,
+        condition_dim: int | None = None,
         t1: float = 0.5,
         learn_t1: bool = False,
         trace: TraceEstimator | None = None,
@@ -132,6 +114,8 @@ class CNF(nnx.Module):
             solver, stepsize_controller, adjoint, dt0, max_steps, per_sample, throw, count_backward
         )
         self.dim = int(dim)
+        self.condition_dim = condition_width(blocks, embedding, condition_dim)
+        self.embedding = embedding
         self.blocks = nnx.List(blocks)
         self.trace = Exact() if trace is None else trace
         self.options = options
@@ -161,7 +145,14 @@ class CNF(nnx.Module):
             options = self.options.replace(**changes)
         except TypeError as error:
             raise TypeError(f"CNF.replace got {error}") from None
-        new = CNF(list(self.blocks), trace=trace, dim=self.dim, learn_t1=self.learn_t1)
+        new = CNF(
+            list(self.blocks),
+            embedding=self.embedding,
+            condition_dim=self.condition_dim,
+            trace=trace,
+            dim=self.dim,
+            learn_t1=self.learn_t1,
+        )
         new.options = options
         new.sqrt_t1 = self.sqrt_t1  # shared variable: same end times, same parameter
         return new
@@ -192,10 +183,17 @@ class CNF(nnx.Module):
         return [self.trace.sample_noise(k, shape, dtype) for k in keys]
 
     def _transform(
-        self, x: Array, direction: int, *, key=None, with_logp: bool, regularize: bool = False
+        self,
+        x: Array,
+        direction: int,
+        *,
+        key=None,
+        with_logp: bool,
+        regularize: bool = False,
+        condition: Array | None = None,
     ):
-        """Run all blocks in ``direction``; return (y, sum of delta_logp, summed
-        regularisers or None, stats)."""
+        """Run all blocks in ``direction``, each with the same condition features; return
+        (y, sum of delta_logp, summed regularisers or None, stats)."""
         if regularize and not with_logp:
             raise ValueError("the regularisers are integrated with the log-density")
         order = range(self.num_blocks) if direction == FORWARD else reversed(range(self.num_blocks))
@@ -207,7 +205,13 @@ class CNF(nnx.Module):
         y = x
         for b in order:
             y, dlogp, regs, solve_stats = self._solve(
-                b, y, direction, with_logp=with_logp, noise=noise[b], regularize=regularize
+                b,
+                y,
+                direction,
+                with_logp=with_logp,
+                noise=noise[b],
+                regularize=regularize,
+                condition=condition,
             )
             total = total + solve_stats
             if with_logp:
@@ -217,68 +221,112 @@ class CNF(nnx.Module):
         y = raise_on_failure(y, total, self.options)
         return y, total_dlogp, total_regs, total
 
+    # ------------------------------------------------------------------ conditions
+
+    def _embed(self, y: Array) -> Array:
+        """Features e(y) of checked raw conditions, always as rows: (1 or n, e)."""
+        rows = y[None] if y.ndim == 1 else y
+        return rows if self.embedding is None else self.embedding(rows)
+
+    def embed(self, condition: Array) -> Array:
+        """The field's condition features h = e(y) of raw conditions y of shape (c,) or
+        (n, c): shape (e,) or (n, e), the embedding applied row by row (h = y without
+        one). Checked like every method's ``condition=``."""
+        y = check_condition(condition, self.condition_dim, jnp.shape(condition)[:-1])
+        h = self._embed(y)
+        return h[0] if y.ndim == 1 else h
+
+    def _inputs(self, x, name: str, condition) -> tuple[Array, Array | None]:
+        """Checked points, and the condition features of each of them (None for an
+        unconditional flow): shape x.shape[:-1] + (e,), in x's dtype."""
+        x = check_points(x, self.dim, name)
+        y = check_condition(condition, self.condition_dim, x.shape[:-1])
+        return x, self._features(y, x)
+
+    def _features(self, y: Array | None, x: Array) -> Array | None:
+        if y is None:
+            return None
+        h = self._embed(y).astype(x.dtype)
+        return h[0] if x.ndim == 1 else jnp.broadcast_to(h, (x.shape[0], h.shape[-1]))
+
     # ------------------------------------------------------------------ public API
+    # Every method takes ``condition=``: y of shape (c,) for all points, or (n, c) with one
+    # row per point; required by a conditional flow, refused by an unconditional one.
 
-    def forward(self, z: Array) -> Array:
-        """Map base points z (n, dim) to data space."""
-        z = check_points(z, self.dim, "z")
-        return self._transform(z, FORWARD, with_logp=False)[0]
+    def forward(self, z: Array, *, condition: Array | None = None) -> Array:
+        """Map base points z (n, dim) to data space (given the condition)."""
+        z, h = self._inputs(z, "z", condition)
+        return self._transform(z, FORWARD, with_logp=False, condition=h)[0]
 
-    def inverse(self, x: Array) -> Array:
-        """Map data points x (n, dim) to the base space."""
-        x = check_points(x, self.dim, "x")
-        return self._transform(x, INVERSE, with_logp=False)[0]
+    def inverse(self, x: Array, *, condition: Array | None = None) -> Array:
+        """Map data points x (n, dim) to the base space (given the condition)."""
+        x, h = self._inputs(x, "x", condition)
+        return self._transform(x, INVERSE, with_logp=False, condition=h)[0]
 
-    def log_prob_and_stats(self, x: Array, *, key: Array | None = None) -> tuple[Array, SolveStats]:
-        """log p(x) of each row, and the solver statistics of the (inverse) solve.
+    def log_prob_and_stats(
+        self, x: Array, *, key: Array | None = None, condition: Array | None = None
+    ) -> tuple[Array, SolveStats]:
+        """log p(x) (or log p(x | y)) of each row, and the statistics of the inverse solve.
 
         log p(x) = log N(z0) - sum_b delta_logp_b, where z0 is x mapped to the base and
         delta_logp_b = log p_{b-1}(z_{b-1}) - log p_b(z_b) is each inverse block's change.
         """
-        x = check_points(x, self.dim, "x")
-        z0, dlogp, _, solve_stats = self._transform(x, INVERSE, key=key, with_logp=True)
+        x, h = self._inputs(x, "x", condition)
+        z0, dlogp, _, solve_stats = self._transform(
+            x, INVERSE, key=key, with_logp=True, condition=h
+        )
         return standard_normal_log_prob(z0) - dlogp, solve_stats
 
     def log_prob_and_regularizers(
-        self, x: Array, *, key: Array | None = None
+        self, x: Array, *, key: Array | None = None, condition: Array | None = None
     ) -> tuple[Array, Regularizers, SolveStats]:
         """log p(x), RNODE's regularisers along each point's path, and the solve's
         statistics, all from one (inverse) solve of the augmented ODE."""
-        x = check_points(x, self.dim, "x")
+        x, h = self._inputs(x, "x", condition)
         z0, dlogp, regs, solve_stats = self._transform(
-            x, INVERSE, key=key, with_logp=True, regularize=True
+            x, INVERSE, key=key, with_logp=True, regularize=True, condition=h
         )
         return standard_normal_log_prob(z0) - dlogp, regs, solve_stats
 
-    def log_prob(self, x: Array, *, key: Array | None = None) -> Array:
-        """log p(x) of each row of x (n, dim). Hutchinson's estimator needs ``key``."""
-        return self.log_prob_and_stats(x, key=key)[0]
+    def log_prob(
+        self, x: Array, *, key: Array | None = None, condition: Array | None = None
+    ) -> Array:
+        """log p(x) (or log p(x | y)) of each row of x (n, dim). Hutchinson's estimator
+        needs ``key``."""
+        return self.log_prob_and_stats(x, key=key, condition=condition)[0]
 
-    def sample(self, key: Array, n: int, dtype=None) -> Array:
-        """n samples from the flow, shape (n, dim)."""
+    def sample(self, key: Array, n: int, dtype=None, *, condition: Array | None = None) -> Array:
+        """n samples from the flow, shape (n, dim): n draws from p(x | y) for a condition
+        of shape (c,), or one draw per row of a condition of shape (n, c)."""
         z0 = self._base_sample(key, n, dtype)
-        return self._transform(z0, FORWARD, with_logp=False)[0]
+        h = self._features(check_condition(condition, self.condition_dim, (n,)), z0)
+        return self._transform(z0, FORWARD, with_logp=False, condition=h)[0]
 
-    def forward_and_log_prob(self, z: Array, *, key: Array | None = None) -> tuple[Array, Array]:
+    def forward_and_log_prob(
+        self, z: Array, *, key: Array | None = None, condition: Array | None = None
+    ) -> tuple[Array, Array]:
         """Map base points to data space and carry their log-density along the same solve:
         log p(x) = log N(z) - integral of tr(df/dz) dt."""
-        z = check_points(z, self.dim, "z")
-        x, dlogp, _, _ = self._transform(z, FORWARD, key=key, with_logp=True)
+        z, h = self._inputs(z, "z", condition)
+        x, dlogp, _, _ = self._transform(z, FORWARD, key=key, with_logp=True, condition=h)
         return x, standard_normal_log_prob(z) + dlogp
 
-    def sample_and_log_prob(self, key: Array, n: int, dtype=None) -> tuple[Array, Array]:
+    def sample_and_log_prob(
+        self, key: Array, n: int, dtype=None, *, condition: Array | None = None
+    ) -> tuple[Array, Array]:
         """n samples and their log-densities from one forward solve (with the exact trace
         unless the flow uses Hutchinson, whose noise is then drawn from ``key``)."""
         noise_key, base_key = jax.random.split(key)
-        return self.forward_and_log_prob(self._base_sample(base_key, n, dtype), key=noise_key)
+        z0 = self._base_sample(base_key, n, dtype)
+        return self.forward_and_log_prob(z0, key=noise_key, condition=condition)
 
-    def trajectory(self, z: Array, ts: Array) -> Array:
+    def trajectory(self, z: Array, ts: Array, *, condition: Array | None = None) -> Array:
         """States of base points z (n, dim) at times ts (ascending, in [0, sum of T_b]).
 
         Returns shape (len(ts), n, dim). Blocks follow one another in time: block b covers
         [T_0 + ... + T_{b-1}, T_0 + ... + T_b].
         """
-        z = check_points(z, self.dim, "z")
+        z, h = self._inputs(z, "z", condition)
         ts = jnp.asarray(ts, z.dtype)
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D array of times, got shape {ts.shape}")
@@ -292,7 +340,7 @@ class CNF(nnx.Module):
             save_s = jnp.clip((ts - starts[b]) / ends[b], 0.0, 1.0)
             save_s = jnp.concatenate([save_s, jnp.ones((1,), z.dtype)])
             zs, _, _, solve_stats = self._solve(
-                b, y, FORWARD, with_logp=False, noise=None, save_s=save_s
+                b, y, FORWARD, with_logp=False, noise=None, save_s=save_s, condition=h
             )
             zs = raise_on_failure(zs, solve_stats, self.options)
             y, zs = zs[-1], zs[:-1]
