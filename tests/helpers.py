@@ -42,3 +42,23 @@ SMALL_TRAINING = dict(
     pictures=False,
     lr=1e-2,
 )
+
+
+class TimeLinearField(nnx.Module):
+    """f(t, z) = (1 + t) A z: time-dependent, yet z(t) = exp(A c(t)) z(0) with
+    c(t) = t + t^2 / 2 (:func:`elapsed`), and divergence (1 + t) tr A. A CNF that
+    evaluates the field at the wrong time, or differentiates T only through the speed
+    T f and not through the time T s, disagrees with this closed form."""
+
+    def __init__(self, matrix):
+        self.matrix = nnx.Param(jnp.asarray(matrix))
+        self.dim = self.matrix.shape[0]
+
+    def __call__(self, t, z):
+        return (1 + t) * (z @ self.matrix[...].T)
+
+
+def elapsed(t):
+    """c(t) = int_0^t (1 + u) du: the TimeLinearField's flow over [0, t] is exp(A c(t)),
+    so ``linear_flow_log_prob(matrices, elapsed(T), x)`` is its closed-form log-density."""
+    return t + t**2 / 2

@@ -2,6 +2,7 @@
 exclusion from step-size control, flow matching's loss and optimal-transport pairing, and
 short training runs with each objective."""
 
+import itertools
 import math
 
 import diffrax
@@ -13,6 +14,7 @@ from flax import nnx
 from helpers import SMALL_TRAINING, LinearField, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
 
 import cnfax
 from cnfax.config import Config, build_flow
@@ -102,7 +104,8 @@ def test_regularised_gradients_under_backsolve_match_recursive_checkpoint():
         unregularised = nnx.grad(lambda f: MaximumLikelihood()(f, x, None)[0])(backsolve)
         flat = jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(unregularised)])
         assert float(jnp.linalg.norm(g_ckpt - flat)) > 1e-3  # the penalties do pull
-        assert float(jnp.linalg.norm(g_back - g_ckpt) / jnp.linalg.norm(g_ckpt)) <= 1e-4
+        # Measured 2.5e-7 over 3 seeds; bound 40x that.
+        assert float(jnp.linalg.norm(g_back - g_ckpt) / jnp.linalg.norm(g_ckpt)) <= 1e-5
 
 
 class ConditionalField(nnx.Module):
@@ -138,6 +141,23 @@ def test_flow_matching_loss_of_the_exact_conditional_field_is_zero(coupling):
     np.testing.assert_allclose(flow.log_prob(x), expected, atol=1e-3)
 
 
+def pairing_cost(base, data):
+    return float(np.sum((base - data) ** 2))
+
+
+def cheapest_cost(base, data):
+    """The least total squared distance over all pairings of the rows: by brute force over
+    every permutation for n <= 7 (an independent reference), else by the Hungarian
+    algorithm (scipy's linear_sum_assignment)."""
+    cost = np.sum((data[:, None, :] - base[None, :, :]) ** 2, axis=-1)
+    n = len(data)
+    if n <= 7:
+        perms = np.array(list(itertools.permutations(range(n))))
+        return float(cost[np.arange(n), perms].sum(axis=1).min())
+    rows, columns = linear_sum_assignment(cost)
+    return float(cost[rows, columns].sum())
+
+
 @settings(max_examples=examples(10), deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 40))
 def test_optimal_transport_pairs_are_a_cheapest_permutation(seed, n):
@@ -146,12 +166,47 @@ def test_optimal_transport_pairs_are_a_cheapest_permutation(seed, n):
     paired = optimal_transport_pairs(base, data)
     # a permutation of the base sample ...
     np.testing.assert_array_equal(np.sort(paired, axis=0), np.sort(base, axis=0))
-    # ... no more costly than the given pairing or a random one
-    cost = lambda b: np.sum((b - data) ** 2)  # noqa: E731
-    assert cost(paired) <= cost(base) + 1e-12
-    assert cost(paired) <= cost(rng.permutation(base)) + 1e-12
+    # ... of least cost (a float sum over n <= 40 terms: 1e-9 is far above its round-off)
+    assert pairing_cost(paired, data) <= cheapest_cost(base, data) + 1e-9
     # and a shuffled copy of the data is paired back exactly
     np.testing.assert_array_equal(optimal_transport_pairs(rng.permutation(data), data), data)
+
+
+def test_optimal_transport_pairs_cost_equals_the_brute_force_minimum():
+    """300 fixed random problems with n = 2 to 7 points in 3 dimensions, each against the
+    minimum over all n! pairings. A local search (greedy matching, then pairwise swaps
+    until none helps) misses the minimum in about 1 of 8 of these; 40-point problems
+    against the Hungarian algorithm catch it in almost all."""
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        n = 2 + seed % 6
+        base, data = rng.standard_normal((n, 3)), rng.standard_normal((n, 3))
+        cost = pairing_cost(optimal_transport_pairs(base, data), data)
+        assert cost <= cheapest_cost(base, data) + 1e-9, (seed, n)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        base, data = rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
+        cost = pairing_cost(optimal_transport_pairs(base, data), data)
+        assert cost <= cheapest_cost(base, data) + 1e-9, seed
+
+
+@pytest.mark.parametrize("n", [7, 64])
+def test_flow_matching_batch_with_ot_coupling_pairs_each_data_point_optimally(n):
+    """make_batch with coupling="ot" keeps the data rows in order and pairs them with base
+    draws (a standard-normal sample) so that the total squared distance is the least of
+    all pairings of the same rows: brute force for 7 points, Hungarian for 64. Random
+    (independent) pairs of 7 or 64 points are almost never the cheapest."""
+    rng = np.random.default_rng(n)
+    data = (3.0 * rng.standard_normal((n, 2)) + 1.0).astype(np.float32)
+    ot = FlowMatching(coupling="ot").make_batch(data, np.random.default_rng(1))
+    assert ot.shape == (n, 2, 2) and ot.dtype == np.float32
+    np.testing.assert_array_equal(ot[:, 1], data)
+    base = ot[:, 0].astype(np.float64)
+    assert pairing_cost(base, data) <= cheapest_cost(base, data) + 1e-4  # float32 rows
+    independent = FlowMatching().make_batch(data, np.random.default_rng(1))
+    np.testing.assert_array_equal(independent[:, 1], data)
+    others = independent[:, 0].astype(np.float64)
+    assert pairing_cost(others, data) > cheapest_cost(others, data) + 1.0
 
 
 @pytest.mark.parametrize(
