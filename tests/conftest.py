@@ -6,8 +6,10 @@
 Every profile has deadline=None: the first example of a test compiles.
 """
 
+import dataclasses
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _common = dict(
@@ -21,3 +23,20 @@ settings.register_profile("accelerator", max_examples=60, **_common)
 
 _default = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev"
 settings.load_profile(os.environ.get("CNFAX_HYPOTHESIS_PROFILE", _default))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One short 8gaussians run (30 steps, checkpoints and evaluations every 10), shared by
+    the tests of training, the run directory, evaluation and loading. Read it, never
+    train it further (copy it first)."""
+    from helpers import SMALL_TRAINING
+
+    from cnfax.config import Config
+    from cnfax.train import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    config = Config(dataset="8gaussians", iters=30, run_dir=str(run_dir), **SMALL_TRAINING)
+    config = dataclasses.replace(config, log_every=5)
+    train(config)
+    return config

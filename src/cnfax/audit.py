@@ -89,6 +89,12 @@ def audit_flow(flow: CNF, data: np.ndarray, *, max_examples: int = 10) -> AuditR
 
     try:
         check()
-    finally:
-        report = AuditReport(worst["round_trip"], worst["log_density"], worst["examples"])
-    return report
+    except ExceptionGroup as group:
+        # Hypothesis reports several distinct failures (round trip and log density, say) as
+        # a group; callers expect one AssertionError naming them.
+        failures = group.subgroup(AssertionError)
+        if failures is None or failures.exceptions != group.exceptions:
+            raise
+        messages = "; ".join(str(e).splitlines()[0] for e in failures.exceptions)
+        raise AssertionError(f"{len(failures.exceptions)} failures: {messages}") from group
+    return AuditReport(worst["round_trip"], worst["log_density"], worst["examples"])
