@@ -21,7 +21,8 @@ from cnfax.augmented import SolveOptions
 from cnfax.data.dataset import Dataset, make_dataset
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.fields import ACTIVATIONS, ConcatSquashMLP, check_widths
-from cnfax.flow import CNF, check_end_time
+from cnfax.flow import CNF
+from cnfax.inputs import check_end_time
 from cnfax.objectives import FlowMatching, MaximumLikelihood
 from cnfax.trace import Exact, Hutchinson
 

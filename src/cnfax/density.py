@@ -29,7 +29,8 @@ from flax import nnx
 from cnfax.config import Config
 from cnfax.data.preprocess import Logit, Preprocessing, bits_per_dim, find_step
 from cnfax.evaluation import evaluation_flow, to_data_units
-from cnfax.flow import CNF, check_points
+from cnfax.flow import CNF
+from cnfax.inputs import check_points
 from cnfax.run import read_data_spec, restore_flow
 
 CHUNK = 1024  # the largest bucket: bigger inputs go through in chunks of this many rows
