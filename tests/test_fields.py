@@ -51,3 +51,83 @@ def test_field_rejects_bad_options():
         cnfax.ConcatSquashMLP(2, (8, 0), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="dim"):
         cnfax.ConcatMLP(0, (8,), rngs=nnx.Rngs(0))
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def _tree(module):
+    """Parameter paths, shapes and values of a module, as checkpoints store them."""
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(module)))[0]
+    return {jax.tree_util.keystr(path): np.asarray(value) for path, value in leaves}
+
+
+@pytest.mark.parametrize("field_type", FIELDS)
+@pytest.mark.parametrize("condition_dim", [0, None])
+def test_no_condition_keeps_the_unconditional_parameters(field_type, condition_dim):
+    """condition_dim 0 or None gives the parameters of a field built without it, with the
+    names and shapes that existing checkpoints hold (time-only gate and shift)."""
+    plain = _tree(field_type(2, (8,), rngs=nnx.Rngs(0)))
+    same = _tree(field_type(2, (8,), condition_dim=condition_dim, rngs=nnx.Rngs(0)))
+    assert plain.keys() == same.keys()
+    for name in plain:
+        np.testing.assert_array_equal(plain[name], same[name])
+    if field_type is cnfax.ConcatSquashMLP:
+        assert plain["['layers'][0]['gate']['kernel']"].shape == (1, 8)
+        assert plain["['layers'][1]['hyper_bias']['kernel']"].shape == (1, 2)
+        assert plain["['layers'][0]['linear']['kernel']"].shape == (2, 8)
+    else:
+        assert plain["['layers'][0]['linear']['kernel']"].shape == (3, 8)
+    assert field_type(2, (8,), rngs=nnx.Rngs(0)).condition_dim == 0
+
+
+@pytest.mark.parametrize("field_type", FIELDS)
+@given(seed=st.integers(0, 1000), t=st.floats(0, 2))
+def test_conditional_field_rows_see_their_own_condition(field_type, seed, t):
+    """Row i of f(t, z, y) is f(t, z_i, y_i); a single y broadcasts to every row; the
+    value depends on y; and rows still do not interact (Jacobian in z block-diagonal)."""
+    field = field_type(2, (8, 8), condition_dim=3, rngs=nnx.Rngs(seed))
+    z = jax.random.normal(jax.random.key(seed), (4, 2))
+    y = jax.random.normal(jax.random.key(seed + 1), (4, 3))
+    out = field(t, z, y)
+    assert out.shape == (4, 2)
+    for i in range(4):
+        np.testing.assert_allclose(field(t, z[i], y[i]), out[i], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        field(t, z, y[0]), field(t, z, jnp.tile(y[0], (4, 1))), rtol=1e-6, atol=1e-6
+    )
+    assert not np.allclose(field(t, z, y[::-1]), out, atol=1e-4), "the field should use y"
+    jac = jax.jacfwd(lambda z: field(t, z, y))(z)
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                assert jnp.all(jac[i, :, j, :] == 0)
+
+
+@pytest.mark.parametrize("field_type", FIELDS)
+def test_condition_enters_every_layer(field_type):
+    """The gate and shift (ConcatSquash) or the input (Concat) of each layer has c more
+    inputs; with a zero last layer the field is still zero for every y."""
+    field = field_type(2, (8, 8), condition_dim=3, rngs=nnx.Rngs(0))
+    tree = _tree(field)
+    for layer, width in enumerate((2, 8, 8)):
+        if field_type is cnfax.ConcatSquashMLP:
+            assert tree[f"['layers'][{layer}]['gate']['kernel']"].shape[0] == 1 + 3
+            assert tree[f"['layers'][{layer}]['hyper_bias']['kernel']"].shape[0] == 1 + 3
+        else:
+            assert tree[f"['layers'][{layer}]['linear']['kernel']"].shape[0] == width + 1 + 3
+    zero = field_type(2, (8,), condition_dim=3, zero_init_last=True, rngs=nnx.Rngs(0))
+    assert jnp.all(zero(0.3, jnp.ones((5, 2)), jnp.ones((5, 3))) == 0)
+
+
+def test_conditional_fields_check_the_condition():
+    field = cnfax.ConcatSquashMLP(2, (8,), condition_dim=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"conditional \(condition_dim=3\)"):
+        field(0.0, jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="last dimension 2, but condition_dim=3"):
+        field(0.0, jnp.zeros((4, 2)), jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="unconditional"):
+        cnfax.ConcatMLP(2, (8,), rngs=nnx.Rngs(0))(0.0, jnp.zeros((4, 2)), jnp.zeros((4, 3)))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="condition_dim must be a non-negative integer"):
+            cnfax.ConcatMLP(2, (8,), condition_dim=bad, rngs=nnx.Rngs(0))

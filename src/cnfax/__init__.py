@@ -3,7 +3,12 @@
 from cnfax.control import batch_max_norm
 from cnfax.fields import ConcatLinear, ConcatMLP, ConcatSquashLinear, ConcatSquashMLP
 from cnfax.flow import CNF, Regularizers, standard_normal_log_prob
-from cnfax.objectives import FlowMatching, MaximumLikelihood, optimal_transport_pairs
+from cnfax.objectives import (
+    FlowMatching,
+    MaximumLikelihood,
+    conditional_batch,
+    optimal_transport_pairs,
+)
 from cnfax.solvers import RK4
 from cnfax.stats import SolveStats, backward_evaluations
 from cnfax.trace import Divergence, Exact, Hutchinson, TraceEstimator
@@ -34,6 +39,7 @@ __all__ = [
     "SolveStats",
     "TraceEstimator",
     "backward_evaluations",
+    "conditional_batch",
     "load",
     "optimal_transport_pairs",
     "batch_max_norm",

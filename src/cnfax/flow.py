@@ -63,7 +63,8 @@ class CNF(nnx.Module):
             field's features h = e(y), shape (m, e), row by row; trained with the field
             (its parameters are part of this module). Default: h = y.
         condition_dim: the raw condition width c. Default: the field's e without an
-            embedding, else the embedding's ``in_features`` (as in ``nnx.Linear``).
+            embedding, else the embedding's ``in_features`` (as in ``nnx.Linear``; for
+            ``nnx.Sequential``, its first layer's).
         t1: end time T of every block.
         learn_t1: learn T (one per block), kept positive as T = sqrt_t1^2 (FFJORD's train_T).
         trace: divergence estimator, :class:`cnfax.Exact` (default) or

@@ -81,6 +81,13 @@ def check_end_time(t1) -> None:
         raise ValueError(f"t1 must be a positive finite number, got {t1!r}")
 
 
+def _in_features(module) -> int | None:
+    """The input width of an ``nnx.Linear``-like module or of a Sequential's first layer."""
+    if isinstance(module, nnx.Sequential) and len(module.layers):
+        module = module.layers[0]
+    return getattr(module, "in_features", None)
+
+
 def condition_width(
     blocks: Sequence[nnx.Module], embedding: nnx.Module | None, condition_dim: int | None
 ) -> int:
@@ -88,8 +95,8 @@ def condition_width(
 
     The fields' features have width e = ``condition_dim`` of each block (all equal). Without
     an embedding, c = e. With one, c is ``condition_dim`` or else the embedding's
-    ``in_features``, and the embedding must map (1, c) to (1, e), which is checked here by
-    tracing it (no computation).
+    ``in_features`` (its first layer's for ``nnx.Sequential``), and the embedding must map
+    (1, c) to (1, e), which is checked here by tracing it (no computation).
     """
     widths = {condition_dim_of(block) for block in blocks}
     if len(widths) > 1:
@@ -108,7 +115,7 @@ def condition_width(
             "an embedding was given, but the field is unconditional: build it with "
             "condition_dim= (the embedding's output width)"
         )
-    width = given if given is not None else getattr(embedding, "in_features", None)
+    width = given if given is not None else _in_features(embedding)
     if not isinstance(width, int) or width < 1:
         raise ValueError(
             "cannot tell the raw condition width of this embedding (it has no in_features): "

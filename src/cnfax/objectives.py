@@ -14,6 +14,13 @@ the objective takes, on the host (flow matching pairs the data with base samples
   the conditional optimal-transport path, optionally over minibatch optimal-transport
   pairs (Tong et al. 2023). The field it trains is a CNF like any other; its likelihood
   comes from the usual solve.
+
+Conditional flows p(x | y). A batch is then the dict ``{"x": rows, "condition": y}``
+(:func:`conditional_batch`), both with one row per point (a plain array is an
+unconditional batch, as before); :func:`cnfax.parallel.shard_batch` shards such a dict
+along its leading axis. Maximum likelihood uses log p(x | y); flow matching regresses
+f(t, x_tau, e(y)) on the same path, whose minimiser is, for every y, the marginal field
+of p(x | y). Minibatch OT pairs are refused with a condition (see :class:`FlowMatching`).
 """
 
 from __future__ import annotations
@@ -28,9 +35,29 @@ from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
 from cnfax.flow import CNF
+from cnfax.inputs import check_condition
 from cnfax.stats import SolveStats
 
 Array = jax.Array
+
+X, CONDITION = "x", "condition"
+
+
+def conditional_batch(x, condition) -> dict:
+    """The batch of a conditional objective: rows x and their conditions, one per row."""
+    return {X: x, CONDITION: condition}
+
+
+def batch_parts(batch) -> tuple:
+    """(rows, condition): a plain array is an unconditional batch (condition None), a dict
+    ``{"x": rows, "condition": y}`` a conditional one."""
+    if isinstance(batch, dict):
+        if set(batch) != {X, CONDITION}:
+            raise ValueError(
+                f"a conditional batch is a dict with keys 'x' and 'condition', got {sorted(batch)}"
+            )
+        return batch[X], batch[CONDITION]
+    return batch, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +67,8 @@ class MaximumLikelihood:
     K(x) = int_0^T |f(t, z(t))|^2 dt and J(x) = int_0^T ||df/dz||_F^2 dt along the path of
     x (:meth:`cnfax.CNF.log_prob_and_regularizers`). Both are always integrated and
     logged, so that an unregularised run can be compared with a regularised one; they do
-    not take part in step-size control.
+    not take part in step-size control. With a conditional batch
+    (:func:`conditional_batch`) the likelihood is log p(x | y).
     """
 
     kinetic_energy_weight: float = 0.0
@@ -52,11 +80,13 @@ class MaximumLikelihood:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
 
-    def make_batch(self, data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def make_batch(self, data, rng: np.random.Generator):
+        """The data rows as they are (an array, or a conditional batch dict)."""
         return data
 
-    def __call__(self, flow: CNF, x: Array, key: Array | None):
-        logp, regs, stats = flow.log_prob_and_regularizers(x, key=key)
+    def __call__(self, flow: CNF, batch, key: Array | None):
+        x, condition = batch_parts(batch)
+        logp, regs, stats = flow.log_prob_and_regularizers(x, key=key, condition=condition)
         nll = -jnp.mean(logp)
         kinetic = jnp.mean(regs.kinetic_energy)
         jacobian = jnp.mean(regs.jacobian_frobenius)
@@ -91,10 +121,17 @@ class FlowMatching:
     x_tau with velocity u / T. Its minimiser is the marginal field that carries N(0, I) to
     the data convolved with N(0, sigma_min^2 I).
 
+    With a condition (batch ``{"x": data, "condition": y}``) each pair keeps its data
+    point's y and the loss is E |T f(tau T, x_tau, e(y)) - u|^2, whose minimiser is, for
+    each y, the marginal field of p(x | y): E[u | x_tau, y] / T.
+
     Args:
         sigma_min: width of the path's end around each data point.
         coupling: "independent" pairs (Lipman) or "ot": minibatch optimal-transport pairs
-            (Tong et al.'s OT-CFM), which straighten the paths.
+            (Tong et al.'s OT-CFM), which straighten the paths. "ot" is refused with a
+            condition: the pairing ignores y, so base points are matched to data across
+            different conditions and the noise paired with a given y is no longer
+            N(0, I): the learned flow's base given y would be biased.
     """
 
     sigma_min: float = 1e-4
@@ -106,16 +143,32 @@ class FlowMatching:
         if self.coupling not in ("independent", "ot"):
             raise ValueError(f"coupling must be 'independent' or 'ot', got {self.coupling!r}")
 
-    def make_batch(self, data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Pairs (x0, x1) as an array (n, 2, d), x0 drawn from the base distribution."""
+    def _refuse_ot_with(self, condition) -> None:
+        if condition is not None and self.coupling == "ot":
+            raise ValueError(
+                "flow matching with coupling='ot' cannot take a condition: minibatch OT "
+                "pairs ignore y, matching noise to data of other conditions, which biases "
+                "the base distribution given y away from N(0, I); use "
+                "coupling='independent' for conditional data"
+            )
+
+    def make_batch(self, data, rng: np.random.Generator):
+        """Pairs (x0, x1) as an array (n, 2, d), x0 drawn from the base distribution;
+        for a conditional batch, ``{"x": pairs, "condition": y}``."""
+        data, condition = batch_parts(data)
+        self._refuse_ot_with(condition)
         base = rng.standard_normal(data.shape).astype(data.dtype)
         if self.coupling == "ot":
             base = optimal_transport_pairs(base, data)
-        return np.stack([base, data], axis=1)
+        pairs = np.stack([base, data], axis=1)
+        return pairs if condition is None else conditional_batch(pairs, condition)
 
-    def __call__(self, flow: CNF, pairs: Array, key: Array):
+    def __call__(self, flow: CNF, batch, key: Array):
         if flow.num_blocks != 1:
             raise ValueError("flow matching trains a single-block CNF (num_blocks=1)")
+        pairs, condition = batch_parts(batch)
+        self._refuse_ot_with(condition)
+        condition = check_condition(condition, flow.condition_dim, pairs.shape[:1])
         x0, x1 = pairs[:, 0], pairs[:, 1]
         tau = jax.random.uniform(key, (x1.shape[0], 1), x1.dtype)
         x_tau = (1 - (1 - self.sigma_min) * tau) * x0 + tau * x1
@@ -123,9 +176,17 @@ class FlowMatching:
         end_time = flow.end_times[0].astype(x1.dtype)
         graphdef, state = nnx.split(flow.blocks[0])
 
-        def velocity(t, z):  # one point at its own time
-            return nnx.merge(graphdef, state)(t, z)
+        def velocity(t, z, h):  # one point at its own time, with its own features
+            field = nnx.merge(graphdef, state)
+            return field(t, z) if h is None else field(t, z, h)
 
-        predicted = end_time * jax.vmap(velocity)(tau[:, 0] * end_time, x_tau)
+        h = None  # the field's features of each pair's y, through the (trained) embedding
+        if condition is not None:
+            h = flow.embed(condition).astype(x1.dtype)
+            h = jnp.broadcast_to(h, (x1.shape[0], h.shape[-1]))
+        h_axis = None if h is None else 0
+        predicted = end_time * jax.vmap(velocity, in_axes=(0, 0, h_axis))(
+            tau[:, 0] * end_time, x_tau, h
+        )
         loss = jnp.mean(jnp.sum(jnp.square(predicted - target), axis=-1))
         return loss, (SolveStats.zero(), {"flow_matching": loss})

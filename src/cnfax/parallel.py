@@ -9,6 +9,10 @@ single-device step.
 Several hosts: call ``jax.distributed.initialize()`` first (see the README); the mesh
 then spans the devices of all hosts, and each host passes its own slice of the batch to
 :func:`shard_batch`.
+
+A batch may be a dict of arrays with a common leading batch axis (a conditional batch
+``{"x": rows, "condition": y}``): :func:`shard_batch` and :func:`local_rows` split every
+entry along that axis, and ``P("data")`` in the shard_map specs applies to every leaf.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ def check_divisible(batch_size: int, mesh: jax.sharding.Mesh) -> None:
         )
 
 
-def shard_batch(local_batch: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-    """A global batch sharded over the data axis, from this process's rows."""
+def shard_batch(local_batch: np.ndarray | dict, mesh: jax.sharding.Mesh) -> jax.Array | dict:
+    """A global batch sharded over the data axis, from this process's rows (a dict of
+    arrays, such as a conditional batch, entry by entry along the leading axis)."""
+    if isinstance(local_batch, dict):
+        return {name: shard_batch(part, mesh) for name, part in local_batch.items()}
     sharding = NamedSharding(mesh, P(DATA))
     return jax.make_array_from_process_local_data(sharding, np.asarray(local_batch))
 
@@ -89,19 +96,28 @@ def data_parallel_loss_and_grad(objective, flow, batch, key, mesh):
     )(params, rest, batch, key)
 
 
-def data_parallel_log_prob(flow, x, mesh):
-    """log p of each row of a sharded batch, each shard solved on its own device; returns
-    (log p sharded like x, the solves' statistics)."""
+def data_parallel_log_prob(flow, x, mesh, condition=None):
+    """log p (or log p(x | y)) of each row of a sharded batch, each shard solved on its own
+    device; returns (log p sharded like x, the solves' statistics). A condition of shape
+    (n, c) is sharded like x; one of shape (c,) is replicated."""
     graphdef, state = nnx.split(flow)
     x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(DATA)))
+    per_row = condition is not None and jnp.ndim(condition) == 2
+    if per_row:
+        condition = jax.lax.with_sharding_constraint(condition, NamedSharding(mesh, P(DATA)))
 
-    def per_shard(state, x):
-        logp, stats = nnx.merge(graphdef, state).log_prob_and_stats(x)
+    def per_shard(state, x, condition):
+        flow = nnx.merge(graphdef, state)
+        logp, stats = flow.log_prob_and_stats(x, condition=condition)
         return logp, _reduce_stats(stats)
 
     return jax.shard_map(
-        per_shard, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(DATA), P()), check_vma=False
-    )(state, x)
+        per_shard,
+        mesh=mesh,
+        in_specs=(P(), P(DATA), P(DATA) if per_row else P()),
+        out_specs=(P(DATA), P()),
+        check_vma=False,
+    )(state, x, condition)
 
 
 def replicate(module: nnx.Module, mesh: jax.sharding.Mesh) -> None:
@@ -111,8 +127,11 @@ def replicate(module: nnx.Module, mesh: jax.sharding.Mesh) -> None:
     nnx.update(module, jax.device_put(state, NamedSharding(mesh, P())))
 
 
-def local_rows(batch: np.ndarray) -> np.ndarray:
-    """This process's share of a global batch (every process generates the same batch)."""
+def local_rows(batch: np.ndarray | dict) -> np.ndarray | dict:
+    """This process's share of a global batch (every process generates the same batch);
+    a dict of arrays is split entry by entry."""
+    if isinstance(batch, dict):
+        return {name: local_rows(part) for name, part in batch.items()}
     rows = len(batch) // jax.process_count()
     return batch[jax.process_index() * rows : (jax.process_index() + 1) * rows]
 
