@@ -17,7 +17,10 @@ import pytest
 from flax import nnx
 from helpers import SMALL_TRAINING
 
+import cnfax
 from cnfax.config import Config, build_flow, build_optimizer
+from cnfax.data.dataset import split_rows
+from cnfax.data.digits import load_digits
 from cnfax.parallel import data_mesh
 from cnfax.run import restore_flow
 from cnfax.train import TrainingFailed, train, train_step
@@ -70,6 +73,66 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, trained_
     assert step == 30
     for a, b in zip(_params(resumed), _params(uninterrupted), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+RESUME_CASES = {
+    "hutchinson": dict(dataset="8gaussians", trace="hutchinson", iters=8),
+    "flow-matching-ot": dict(
+        dataset="8gaussians", objective="flow-matching", coupling="ot", iters=8
+    ),
+    "digits": dict(
+        dataset="digits",
+        trace="hutchinson",
+        hidden=(16,),
+        batch_size=32,
+        iters=6,
+        eval_every=100,
+        ckpt_every=100,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_is_exact_with_random_traces_pairings_and_dequantisation(tmp_path, case):
+    """Every random draw of a step (Hutchinson noise, flow-matching base samples and their
+    OT pairing, the digits' dequantisation noise) is a pure function of (seed, step), so a
+    run stopped half-way and resumed ends with the uninterrupted run's parameters."""
+    options = dict(SMALL, **RESUME_CASES[case])
+    whole = Config(run_dir=str(tmp_path / "whole"), **options)
+    train(whole)
+    parts = dataclasses.replace(whole, run_dir=str(tmp_path / "parts"))
+    train(parts, stop_at=whole.iters // 2)
+    train(parts)
+    steps = [r["step"] for r in _rows(parts.run_dir)]
+    assert steps == sorted(set(steps)), steps
+    _, a, step_a = restore_flow(whole.run_dir)
+    _, b, step_b = restore_flow(parts.run_dir)
+    assert step_a == step_b == whole.iters
+    for x, y in zip(_params(a), _params(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    if case == "digits":
+        _check_load_of_a_digits_run(parts)
+
+
+def _check_load_of_a_digits_run(config):
+    """cnfax.load of a digits run: log p(v) = log p_flow(g(v)) + log|det dg/dv| through the
+    stored Dequantize -> Logit -> Standardize chain, computed here by hand in float64, and
+    bits/dim = -mean log p(x + u) / (64 log 2) for the same uniform draws u."""
+    model = cnfax.load(config.run_dir, which="latest")
+    logit, standardize = model.preprocessing.steps[1:]
+    images = split_rows(load_digits(), config.seed)["test"][:16].astype(np.float64)
+    key = jax.random.key(5)
+    v = images + np.asarray(jax.random.uniform(key, images.shape), np.float64)
+    p = logit.alpha + (1 - 2 * logit.alpha) * v / 17
+    y = (np.log(p) - np.log1p(-p) - np.asarray(standardize.mean)) / np.asarray(standardize.scale)
+    log_det = np.sum(
+        np.log(1 - 2 * logit.alpha) - np.log(17) - np.log(p) - np.log1p(-p), axis=1
+    ) - np.sum(np.log(standardize.scale))
+    by_hand = np.asarray(model.flow.log_prob(jnp.asarray(y, jnp.float32)), np.float64) + log_det
+    np.testing.assert_allclose(np.asarray(model.log_prob(v)), by_hand, rtol=1e-5, atol=1e-3)
+    bits = -np.mean(by_hand) / (64 * np.log(2))
+    assert abs(model.bits_per_dim(images, key) - bits) < 1e-4
+    assert model.levels == 17
 
 
 def _start_trainer(run_dir, *flags, **popen):
@@ -208,3 +271,27 @@ def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp
     assert step == complete[-1]
     final = train(dataclasses.replace(config, iters=step + 2, ckpt_every=1))
     assert final["step"] == step + 2
+
+
+def test_the_command_line_exits_2_for_an_invalid_config_and_1_after_max_failures(tmp_path):
+    invalid = _start_trainer(
+        tmp_path / "invalid", "--batch-size", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = invalid.communicate(timeout=300)
+    assert invalid.returncode == 2, err.decode()[-2000:]
+    assert err.decode().startswith("error: invalid config: batch_size must be positive")
+    assert not (tmp_path / "invalid").exists()
+    failing = _start_trainer(
+        tmp_path / "failing",
+        "--max-steps",
+        "2",
+        "--max-failures",
+        "2",
+        "--batch-size",
+        "16",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = failing.communicate(timeout=300)
+    assert failing.returncode == 1, err.decode()[-2000:]
+    assert "error: training stopped: 2 consecutive failed steps" in err.decode()
