@@ -42,3 +42,10 @@ bench: $(STAMP)
 .PHONY: compare-objectives
 compare-objectives: $(STAMP)
 	$(PY) experiments/compare_objectives.py $(ARGS)
+
+# The mutation drill, not part of `make test`: each bug in experiments/mutants.toml is
+# applied alone to a temporary copy and must make every test that guards it fail
+# (make mutants ARGS=field-time-s runs one; ARGS=--list lists them).
+.PHONY: mutants
+mutants: $(STAMP)
+	$(PY) experiments/mutants.py $(ARGS)
