@@ -2,9 +2,12 @@
 digits in range, and held-out log-determinants that match the preprocessing."""
 
 import numpy as np
+import pytest
 
 from cnfax.data.dataset import SplitDataset, make_dataset, split_rows
 from cnfax.data.preprocess import Identity
+from cnfax.data.sbi import TwoMoons
+from cnfax.data.tabular import DataError
 
 
 def test_splits_are_disjoint_cover_the_data_and_are_fixed_by_the_seed():
@@ -43,3 +46,47 @@ def test_each_epoch_visits_every_training_row_once_in_a_new_order():
     # a batch that straddles two epochs takes the end of one and the start of the next
     straddle = data.train_batch(1, 60)[:, 0]
     np.testing.assert_array_equal(straddle[:40], first[60:])
+
+
+def test_simulated_pairs_keep_each_theta_with_its_own_x():
+    """Every training pair (theta, x) of two moons is a simulation of that theta: its
+    likelihood p(x | theta) is positive (a mispaired x lies off theta's thin moon)."""
+    data = make_dataset("sbi-two-moons", seed=0, simulations=500)
+    batch = data.train_batch(3, 64)
+    theta = data.preprocessing.from_flow(batch["x"].astype(np.float64))
+    x = data.condition_preprocessing.from_flow(batch["condition"].astype(np.float64))
+    assert np.all(np.isfinite(TwoMoons().log_likelihood(x, theta)))
+    held, log_det = data.held_out("test")
+    assert held["x"].shape == (50, 2) and held["condition"].shape == (50, 2)
+    np.testing.assert_allclose(log_det, -np.sum(np.log(data.preprocessing.scale)), rtol=1e-6)
+    assert make_dataset("sbi-gaussian-linear", 0, simulations=100).condition_dim == 10
+
+
+def test_conditional_digits_carry_each_image_with_its_label():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    label_of = {row.tobytes(): label for row, label in zip(bunch.data, bunch.target, strict=True)}
+    data = make_dataset("digits", seed=0, conditional=True)
+    images, labels = data.raw("test"), data.conditions["test"]
+    assert labels.shape == (len(images), 10) and np.all(labels.sum(1) == 1)
+    agree = [
+        label_of[img.astype(np.float64).tobytes()] == lab.argmax()
+        for img, lab in zip(images, labels, strict=True)
+    ]
+    assert np.mean(agree) > 0.99  # a few images are duplicated with other labels
+
+
+def test_condition_columns_split_a_table_into_targets_and_conditions(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)) * [1, 2, 3, 4]
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",", header="a,b,c,d", comments="")
+    data = make_dataset("tabular", 0, str(path), condition_columns=("d", "1"))
+    assert data.dim == 2 and data.condition_dim == 2
+    np.testing.assert_array_equal(data.raw("test"), split_rows(x[:, [0, 2]], 0)["test"])
+    np.testing.assert_array_equal(data.conditions["test"], split_rows(x[:, [1, 3]], 0)["test"])
+    with pytest.raises(DataError, match="no condition column 'e' .columns are a, b, c, d"):
+        make_dataset("tabular", 0, str(path), condition_columns=("e",))
+    with pytest.raises(DataError, match="leave no column to model"):
+        make_dataset("tabular", 0, str(path), condition_columns=("a", "b", "c", "d"))

@@ -132,7 +132,7 @@ def test_load_applies_the_stored_float64_standardisation_before_the_flow(tmp_pat
             pictures=False,
         )
     )
-    _, stored = read_data_spec(run)
+    stored = read_data_spec(run).preprocessing
     assert stored == make_dataset("tabular", 0, str(path)).preprocessing  # float64 round trip
     model = cnfax.load(run, which="latest")
     mean, scale = np.asarray(stored.mean), np.asarray(stored.scale)

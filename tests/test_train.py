@@ -21,6 +21,7 @@ import cnfax
 from cnfax.config import Config, build_flow, build_optimizer
 from cnfax.data.dataset import split_rows
 from cnfax.data.digits import load_digits
+from cnfax.evaluation import EvalArgs, evaluate_run
 from cnfax.parallel import data_mesh
 from cnfax.run import restore_flow
 from cnfax.train import TrainingFailed, train, train_step
@@ -80,6 +81,7 @@ RESUME_CASES = {
     "flow-matching-ot": dict(
         dataset="8gaussians", objective="flow-matching", coupling="ot", iters=8
     ),
+    "sbi-two-moons": dict(dataset="sbi-two-moons", simulations=500, iters=8),
     "digits": dict(
         dataset="digits",
         trace="hutchinson",
@@ -295,3 +297,27 @@ def test_the_command_line_exits_2_for_an_invalid_config_and_1_after_max_failures
     out, err = failing.communicate(timeout=300)
     assert failing.returncode == 1, err.decode()[-2000:]
     assert "error: training stopped: 2 consecutive failed steps" in err.decode()
+
+
+CONDITIONAL_RUNS = {
+    "sbi-gaussian-linear": dict(dataset="sbi-gaussian-linear", simulations=500),
+    "digits-given-label": dict(
+        dataset="digits", conditional=True, trace="hutchinson", hidden=(16,), batch_size=32
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONDITIONAL_RUNS))
+def test_a_short_conditional_run_trains_evaluates_and_loads(tmp_path, case):
+    config = Config(run_dir=str(tmp_path / case), **dict(SMALL, iters=10, **CONDITIONAL_RUNS[case]))
+    final = train(config)
+    assert np.isfinite(final["test_nll"])
+    result = evaluate_run(EvalArgs(run_dir=config.run_dir, pictures=False))
+    assert result["worst_round_trip"] <= 1e-3 and np.isfinite(result["test_nll"])
+    model = cnfax.load(config.run_dir, which="latest")
+    c = model.condition_dim
+    assert c == (10 if case.startswith(("sbi", "digits")) else 0)
+    draws = model.sample(jax.random.key(0), 4, condition=np.eye(c)[0])
+    assert draws.shape == (4, model.dim) and np.all(np.isfinite(draws))
+    with pytest.raises(ValueError, match="this CNF is conditional"):
+        model.log_prob(draws)

@@ -27,10 +27,10 @@ import numpy as np
 from flax import nnx
 
 from cnfax.config import Config
-from cnfax.data.preprocess import Logit, Preprocessing, bits_per_dim, find_step
+from cnfax.data.preprocess import Identity, Logit, Preprocessing, bits_per_dim, find_step
 from cnfax.evaluation import evaluation_flow, to_data_units
 from cnfax.flow import CNF
-from cnfax.inputs import check_points
+from cnfax.inputs import check_condition, check_points
 from cnfax.run import read_data_spec, restore_flow
 
 CHUNK = 1024  # the largest bucket: bigger inputs go through in chunks of this many rows
@@ -42,50 +42,85 @@ def bucket_size(n: int) -> int:
 
 
 @nnx.jit
-def _flow_log_prob(flow: CNF, y: jax.Array) -> jax.Array:
-    return flow.log_prob(y)
+def _flow_log_prob(flow: CNF, y: jax.Array, condition: jax.Array | None) -> jax.Array:
+    return flow.log_prob(y, condition=condition)
+
+
+def _pad(rows: np.ndarray, size: int) -> np.ndarray:
+    """rows padded to ``size`` with copies of the first, cast on the host (a device-side
+    cast would compile once per input size)."""
+    padded = np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])
+    return jnp.asarray(padded.astype(jnp.result_type(float)))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
+    """A trained flow with its preprocessing: a density in data units, of x, or of x given
+    a condition y (``condition_preprocessing`` maps y to the flow's condition space; it
+    has no log-determinant, since y is given, not modelled)."""
+
     flow: CNF  # exact trace, raises on a failed solve
     preprocessing: Preprocessing
     config: Config
     step: int
+    condition_preprocessing: Preprocessing = Identity()
 
     @property
     def dim(self) -> int:
         return self.flow.dim
 
-    def _flow_log_prob(self, y: np.ndarray) -> np.ndarray:
+    @property
+    def condition_dim(self) -> int:
+        return self.flow.condition_dim
+
+    def _condition(self, condition, n: int) -> np.ndarray | None:
+        """The condition in the flow's space (float64), one row per point, or None."""
+        if condition is None or not self.condition_dim:
+            if condition is not None or self.condition_dim:
+                check_condition(condition, self.condition_dim, (n,))  # names the problem
+            return None
+        check_condition(condition, self.condition_dim, (n,))
+        y = np.asarray(condition, np.float64).reshape(-1, self.condition_dim)
+        y, _ = self.condition_preprocessing.to_flow(y)
+        return np.broadcast_to(y, (n, self.condition_dim))
+
+    def _flow_log_prob(self, y: np.ndarray, condition: np.ndarray | None) -> np.ndarray:
         """log p_flow of each row, through bucket-sized compiled solves."""
         out = []
         for i in range(0, len(y), CHUNK):
             part = y[i : i + CHUNK]
             size = bucket_size(len(part))
-            padded = np.concatenate([part, np.repeat(part[:1], size - len(part), axis=0)])
-            # Cast on the host: a device-side cast would compile once per input size.
-            logp = _flow_log_prob(self.flow, jnp.asarray(padded.astype(jnp.result_type(float))))
+            given = None if condition is None else _pad(condition[i : i + CHUNK], size)
+            logp = _flow_log_prob(self.flow, _pad(part, size), given)
             out.append(np.asarray(logp, np.float64)[: len(part)])
         return np.concatenate(out)
 
-    def log_prob(self, x) -> jax.Array:
-        """log p(x) of each row of x (n, dim), or of one point (dim,), in data units."""
+    def log_prob(self, x, condition=None) -> jax.Array:
+        """log p(x) (or log p(x | condition)) of each row of x (n, dim), or of one point
+        (dim,), in data units. A condition of shape (c,) applies to every row, (n, c) gives
+        each row its own."""
         check_points(np.zeros((1, self.dim), np.float32) if _is_traced(x) else x, self.dim, "x")
         if _is_traced(x):  # inside a user's jit: the preprocessing runs in JAX
             y, log_det = self.preprocessing.to_flow(x)
-            return to_data_units(self.flow.log_prob(y), log_det)
+            if condition is not None:
+                condition, _ = self.condition_preprocessing.to_flow(condition)
+            return to_data_units(self.flow.log_prob(y, condition=condition), log_det)
         x = np.asarray(x, np.float64)
         single = x.ndim == 1
         x = x.reshape(-1, self.dim)
+        given = self._condition(condition, len(x))
         self.preprocessing.check_support(x)
         y, log_det = self.preprocessing.to_flow(x)
-        logp = to_data_units(self._flow_log_prob(y), log_det)
+        logp = to_data_units(self._flow_log_prob(y, given), log_det)
         return jnp.asarray((logp[0] if single else logp).astype(jnp.result_type(float)))
 
-    def sample(self, key: jax.Array, n: int) -> np.ndarray:
-        """n samples in data units (float64), shape (n, dim)."""
-        y = np.asarray(self.flow.sample(key, n), np.float64)
+    def sample(self, key: jax.Array, n: int, condition=None) -> np.ndarray:
+        """n samples in data units (float64), shape (n, dim); with a condition of shape
+        (c,), n draws given it; of shape (n, c), one draw per row."""
+        given = self._condition(condition, n)
+        if given is not None:
+            given = jnp.asarray(given.astype(jnp.result_type(float)))
+        y = np.asarray(self.flow.sample(key, n, condition=given), np.float64)
         return self.preprocessing.from_flow(y)
 
     @property
@@ -111,5 +146,6 @@ def load(run_dir: str | Path, which: str = "best") -> TrainedModel:
     """The flow of a training run, with its preprocessing, restored from its best (by
     held-out NLL) or latest checkpoint."""
     config, flow, step = restore_flow(run_dir, which)
-    _, preprocessing = read_data_spec(run_dir)
-    return TrainedModel(evaluation_flow(flow), preprocessing, config, step)
+    spec = read_data_spec(run_dir)
+    flow = evaluation_flow(flow)
+    return TrainedModel(flow, spec.preprocessing, config, step, spec.condition_preprocessing)

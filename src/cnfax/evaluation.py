@@ -24,12 +24,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cnfax import baselines
-from cnfax.audit import audit_flow
+from cnfax.audit import audit_conditional, audit_flow
 from cnfax.config import build_dataset
 from cnfax.data.dataset import Dataset, SplitDataset
 from cnfax.data.digits import IMAGE_SHAPE
 from cnfax.data.preprocess import bits_per_dim
 from cnfax.flow import CNF
+from cnfax.objectives import batch_parts
 from cnfax.parallel import (
     DATA,
     data_mesh,
@@ -59,18 +60,25 @@ def evaluation_flow(flow: CNF, *, tol: float | None = None, throw: bool = True) 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"))
-def _sharded_log_prob(graphdef, state, x, mesh: Mesh):
-    return data_parallel_log_prob(nnx.merge(graphdef, state), x, mesh)
+def _sharded_log_prob(graphdef, state, x, condition, mesh: Mesh):
+    return data_parallel_log_prob(nnx.merge(graphdef, state), x, mesh, condition=condition)
+
+
+def _pad(rows: np.ndarray, size: int) -> np.ndarray:
+    """rows, padded to ``size`` with copies of the first row."""
+    return np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])
 
 
 def held_out_log_prob(
-    flow: CNF, x: np.ndarray, mesh: Mesh | None = None, chunk: int = 2000
+    flow: CNF, batch, mesh: Mesh | None = None, chunk: int = 2000
 ) -> tuple[np.ndarray, int]:
-    """log p_flow of each row of x, and the NFE of the costliest chunk's solve.
+    """log p_flow of each row of ``batch`` (rows x, or the conditional batch
+    ``{"x": x, "condition": y}``: then log p(x | y)), and the NFE of the costliest chunk.
 
     The rows go in chunks of one shape (one compilation), sharded over the mesh's devices;
     the last chunk is padded to that shape with copies of its first row, which are dropped.
     """
+    x, condition = batch_parts(batch)
     mesh = data_mesh() if mesh is None else mesh
     devices = mesh.shape[DATA]
     size = -(-min(chunk, len(x)) // devices) * devices  # a multiple of the device count
@@ -79,10 +87,11 @@ def held_out_log_prob(
     out, nfe = [], 0
     for i in range(0, len(x), size):
         part = x[i : i + size]
-        padded = np.concatenate([part, np.repeat(part[:1], size - len(part), axis=0)])
-        logp, stats = _sharded_log_prob(
-            graphdef, state, shard_batch(local_rows(padded), mesh), mesh
-        )
+        rows = shard_batch(local_rows(_pad(part, size)), mesh)
+        given = None
+        if condition is not None:
+            given = shard_batch(local_rows(_pad(condition[i : i + size], size)), mesh)
+        logp, stats = _sharded_log_prob(graphdef, state, rows, given, mesh)
         out.append(gather(logp)[: len(part)])
         nfe = max(nfe, int(stats.nfe))
     return np.concatenate(out), nfe
@@ -90,14 +99,15 @@ def held_out_log_prob(
 
 def held_out_nll(
     flow: CNF,
-    x: np.ndarray,
+    batch,
     log_det: np.ndarray | None = None,
     mesh: Mesh | None = None,
     chunk: int = 2000,
 ) -> tuple[float, int]:
-    """Mean NLL (nats) over the rows of x, in data units when the preprocessing's
-    ``log_det`` per row is given, and the NFE of the costliest chunk's solve."""
-    logp, nfe = held_out_log_prob(flow, x, mesh, chunk)
+    """Mean NLL (nats) over the rows of ``batch`` (as in :func:`held_out_log_prob`), in
+    data units when the preprocessing's ``log_det`` per row is given, and the NFE of the
+    costliest chunk's solve."""
+    logp, nfe = held_out_log_prob(flow, batch, mesh, chunk)
     if log_det is not None:
         logp = to_data_units(logp, np.asarray(log_det, np.float64))
     return -float(np.mean(logp, dtype=np.float64)), nfe
@@ -161,16 +171,20 @@ def evaluate_run(args: EvalArgs) -> dict:
     nll, nfe = held_out_nll(tight, held_out, log_det)
     seconds = time.perf_counter() - start
     run_dir = Path(args.run_dir)
-    if args.pictures:
+    x, condition = batch_parts(held_out)
+    if args.pictures and condition is None:
         title = f"{config.dataset}: test NLL {nll:.3f} nats (step {step})"
-        _draw_pictures(tight, dataset, held_out, run_dir, title, jax.random.key(config.seed + 1))
-    report = audit_flow(tight, held_out, max_examples=args.audit_examples)
+        _draw_pictures(tight, dataset, x, run_dir, title, jax.random.key(config.seed + 1))
+    if condition is None:
+        report = audit_flow(tight, x, max_examples=args.audit_examples)
+    else:
+        report = audit_conditional(tight, x, condition)
     result = {
         "dataset": config.dataset,
         "step": step,
         "which": args.which,
         "test_nll": nll,
-        "test_points": len(held_out),
+        "test_points": len(x),
         "test_nfe": nfe,
         "eval_seconds": seconds,
         "devices": jax.device_count(),
@@ -185,7 +199,7 @@ def evaluate_run(args: EvalArgs) -> dict:
     units = f" = {result['bits_per_dim']:.3f} bits/dim" if dataset.levels else ""
     print(
         f"{config.dataset} step {step} ({args.which}): test NLL {nll:.4f} nats{units} on "
-        f"{len(held_out)} points (exact trace, tol {args.tol:g}, NFE {nfe}); {report.summary()}"
+        f"{len(x)} points (exact trace, tol {args.tol:g}, NFE {nfe}); {report.summary()}"
     )
     for name, value in result.get("baselines", {}).items():
         if isinstance(value, float):

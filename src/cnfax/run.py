@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,28 +50,52 @@ def check_compatible(run_dir: Path, config: Config) -> None:
         )
 
 
+class DataSpec(NamedTuple):
+    """What a run's flow was trained on: the dimension and preprocessing of x, and of the
+    condition y for conditional data (condition_dim 0 otherwise)."""
+
+    dim: int
+    preprocessing: Preprocessing
+    condition_dim: int = 0
+    condition_preprocessing: Preprocessing = Identity()
+
+
 def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
-    """Record the data's dimension and preprocessing; refuse data of another dimension."""
+    """Record the data's dimensions and preprocessing; refuse data of other dimensions."""
     path = run_dir / DATA_SPEC
+    condition_dim = getattr(dataset, "condition_dim", 0)
     if path.exists():
-        saved_dim, _ = read_data_spec(run_dir)
-        if saved_dim != dataset.dim:
+        saved = read_data_spec(run_dir)
+        if (saved.dim, saved.condition_dim) != (dataset.dim, condition_dim):
+
+            def shape(dim, condition_dim):
+                return f"dimension {dim}" + (f" given {condition_dim}" if condition_dim else "")
+
             raise ValueError(
-                f"{run_dir} holds a model of dimension {saved_dim}, but the data has "
-                f"dimension {dataset.dim}; use another --run-dir"
+                f"{run_dir} holds a model of {shape(saved.dim, saved.condition_dim)}, but the "
+                f"data has {shape(dataset.dim, condition_dim)}; use another --run-dir"
             )
         return  # keep the preprocessing the model was trained with
     spec = {"dim": dataset.dim, "preprocessing": dataset.preprocessing.to_dict()}
+    if condition_dim:
+        spec["condition_dim"] = condition_dim
+        spec["condition_preprocessing"] = dataset.condition_preprocessing.to_dict()
     path.write_text(json.dumps(spec, indent=2))
 
 
-def read_data_spec(run_dir: str | Path) -> tuple[int, Preprocessing]:
-    """(dimension, preprocessing) of a run; runs from before data.json are 2-D toys."""
+def read_data_spec(run_dir: str | Path) -> DataSpec:
+    """The run's :class:`DataSpec`; runs from before data.json are 2-D toys."""
     path = Path(run_dir) / DATA_SPEC
     if not path.exists():
-        return 2, Identity()
+        return DataSpec(2, Identity())
     spec = json.loads(path.read_text())
-    return int(spec["dim"]), from_dict(spec["preprocessing"])
+    condition = spec.get("condition_preprocessing", {"kind": "identity"})
+    return DataSpec(
+        int(spec["dim"]),
+        from_dict(spec["preprocessing"]),
+        int(spec.get("condition_dim", 0)),
+        from_dict(condition),
+    )
 
 
 def checkpoint_tree(flow: CNF, optimizer: nnx.Optimizer, key, step: int, elapsed: float) -> dict:
@@ -105,7 +130,8 @@ def restore_flow(run_dir: str | Path, which: str = "latest") -> tuple[Config, CN
     best) checkpoint; the optimizer's state stays on disk."""
     run_dir = Path(run_dir)
     config = Config.load(run_dir)
-    flow = build_flow(config, read_data_spec(run_dir)[0])
+    spec = read_data_spec(run_dir)
+    flow = build_flow(config, spec.dim, spec.condition_dim)
     checkpointer = Checkpointer(run_dir, keep=config.keep)
     try:
         step, pure = checkpointer.restore_part("flow", nnx.to_pure_dict(nnx.state(flow)), which)

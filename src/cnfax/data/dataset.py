@@ -31,6 +31,7 @@ from cnfax.data.preprocess import (
     Standardize,
     find_step,
 )
+from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.tabular import MIN_ROWS, DataError, check_columns, load_table
 
 SPLITS = ("train", "validation", "test")
@@ -87,6 +88,23 @@ class SplitDataset(Dataset):
     preprocessing: Preprocessing
     seed: int
     splits: dict[str, np.ndarray]
+    # Conditional data: the raw conditions of each split's rows (row i goes with row i),
+    # and their map to the flow's condition space (no log-determinant: y is given).
+    conditions: dict[str, np.ndarray] | None = None
+    condition_preprocessing: Preprocessing = Identity()
+
+    @property
+    def condition_dim(self) -> int:
+        return 0 if self.conditions is None else self.conditions["train"].shape[1]
+
+    def _with_condition(self, x: np.ndarray, split: str, rows: np.ndarray | slice):
+        """x alone, or the conditional batch {"x": x, "condition": y}
+        (:func:`cnfax.objectives.conditional_batch`) with y in the flow's condition space."""
+        if self.conditions is None:
+            return x
+        raw = np.asarray(self.conditions[split][rows], np.float64)
+        y, _ = self.condition_preprocessing.to_flow(raw)
+        return {"x": x, "condition": y.astype(np.float32)}
 
     def prepare(self, raw: np.ndarray, rng: np.random.Generator):
         """Raw rows in the flow's space (float32) and their log-determinants. The maps run
@@ -103,13 +121,16 @@ class SplitDataset(Dataset):
             e: np.random.default_rng([self.seed, 3, e]).permutation(len(rows))
             for e in np.unique(epochs)
         }
-        batch = rows[[order[e][o] for e, o in zip(epochs, offsets, strict=True)]]
-        return self.prepare(batch, np.random.default_rng([self.seed, 4, step]))[0]
+        index = np.asarray([order[e][o] for e, o in zip(epochs, offsets, strict=True)])
+        x = self.prepare(rows[index], np.random.default_rng([self.seed, 4, step]))[0]
+        return self._with_condition(x, "train", index)
 
     def held_out(self, split, size=None):
-        """The whole split, with fixed dequantisation noise (``size`` is for streams)."""
+        """The whole split (with its conditions, for conditional data), with fixed
+        dequantisation noise (``size`` is for streams)."""
         rng = np.random.default_rng([self.seed, 5, _SPLIT_STREAM[split]])
-        return self.prepare(self.splits[split], rng)
+        x, log_det = self.prepare(self.splits[split], rng)
+        return self._with_condition(x, split, slice(None)), log_det
 
     def raw(self, split: str) -> np.ndarray:
         return self.splits[split]
@@ -124,30 +145,90 @@ def split_rows(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def make_dataset(
-    name: str, seed: int, path: str | None = None, dequantize: bool = False
+    name: str,
+    seed: int,
+    path: str | None = None,
+    dequantize: bool = False,
+    *,
+    condition_columns: tuple[str, ...] = (),
+    simulations: int = 10_000,
+    conditional: bool = False,
 ) -> Dataset:
-    """The dataset a config names: a toy density, "digits", or "tabular" with ``path``
-    (``dequantize``: uniform noise on its integer-valued columns)."""
+    """The dataset a config names: a toy density; "digits" (``conditional``: p(image |
+    label)); "tabular" with ``path`` (``dequantize``: uniform noise on integer-valued
+    columns; ``condition_columns``: model the other columns given these); or an SBI task,
+    p(theta | x) from ``simulations`` simulated pairs."""
     if name in toy.TOY_DATASETS:
         return ToyStream(name, seed)
     if name == "digits":
-        splits = split_rows(digits.load_digits(), seed)
-        logit = Logit(digits.LEVELS)
-        rng = np.random.default_rng([seed, 7])
-        logits, _ = logit.to_flow(Dequantize().randomize(splits["train"], rng))
-        preprocessing = Chain((Dequantize(), logit, Standardize.fit(logits)))
-        return SplitDataset(name, 64, preprocessing, seed, splits)
+        return _digits(seed, conditional)
     if name == "tabular":
         if not path:
             raise DataError("dataset 'tabular' needs a file: pass --data PATH (.npy or .csv)")
-        table = load_table(path)
-        discrete = check_columns(table, path, dequantize)
-        splits = split_rows(table.values, seed)
-        if len(splits["train"]) < MIN_ROWS - 2:
-            raise DataError(f"{path}: too few rows for a training split")
-        steps = (Dequantize(tuple(discrete)),) if dequantize and discrete else ()
-        # Standardise with the training split's statistics only (dequantised, if it is).
-        train = Chain(steps).randomize(splits["train"], np.random.default_rng([seed, 7]))
-        preprocessing = Chain((*steps, Standardize.fit(train))) if steps else Standardize.fit(train)
-        return SplitDataset(name, table.values.shape[1], preprocessing, seed, splits)
+        return _tabular(path, seed, dequantize, condition_columns)
+    if name in SBI_TASKS:
+        return _simulated(name, seed, simulations)
     raise DataError(f"unknown dataset {name!r}")
+
+
+def _digits(seed: int, conditional: bool) -> SplitDataset:
+    images, labels = digits.load_digits_and_labels()
+    splits = split_rows(images, seed)
+    logit = Logit(digits.LEVELS)
+    rng = np.random.default_rng([seed, 7])
+    logits, _ = logit.to_flow(Dequantize().randomize(splits["train"], rng))
+    preprocessing = Chain((Dequantize(), logit, Standardize.fit(logits)))
+    conditions = split_rows(labels, seed) if conditional else None  # same permutation
+    return SplitDataset("digits", 64, preprocessing, seed, splits, conditions)
+
+
+def _column_indices(table, path, columns: tuple[str, ...]) -> list[int]:
+    """Condition columns by header name or 0-based index; a one-line DataError otherwise."""
+    width = table.values.shape[1]
+    indices = []
+    for column in columns:
+        if table.names and column in table.names:
+            indices.append(table.names.index(column))
+        elif column.isdigit() and int(column) < width:
+            indices.append(int(column))
+        else:
+            known = f"columns are {', '.join(table.names)}" if table.names else f"{width} columns"
+            raise DataError(f"{path}: no condition column {column!r} ({known})")
+    if len(set(indices)) == width:
+        raise DataError(f"{path}: the condition columns leave no column to model")
+    return sorted(set(indices))
+
+
+def _tabular(path, seed, dequantize, condition_columns) -> SplitDataset:
+    table = load_table(path)
+    given = _column_indices(table, path, condition_columns)
+    discrete = check_columns(table, path, dequantize)
+    targets = [j for j in range(table.values.shape[1]) if j not in given]
+    splits = split_rows(table.values[:, targets], seed)
+    if len(splits["train"]) < MIN_ROWS - 2:
+        raise DataError(f"{path}: too few rows for a training split")
+    discrete = [targets.index(j) for j in discrete if j in targets]
+    steps = (Dequantize(tuple(discrete)),) if dequantize and discrete else ()
+    # Standardise with the training split's statistics only (dequantised, if it is).
+    train = Chain(steps).randomize(splits["train"], np.random.default_rng([seed, 7]))
+    preprocessing = Chain((*steps, Standardize.fit(train))) if steps else Standardize.fit(train)
+    if not given:
+        return SplitDataset("tabular", len(targets), preprocessing, seed, splits)
+    conditions = split_rows(table.values[:, given], seed)  # same permutation as the targets
+    standardize = Standardize.fit(conditions["train"])
+    return SplitDataset(
+        "tabular", len(targets), preprocessing, seed, splits, conditions, standardize
+    )
+
+
+def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
+    """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
+    flow models theta given x, both standardised with the training split's statistics."""
+    if simulations < MIN_ROWS:
+        raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
+    task = SBI_TASKS[name]
+    theta, x = task.joint(np.random.default_rng([seed, 12]), simulations)
+    splits, conditions = split_rows(theta, seed), split_rows(x, seed)
+    preprocessing = Standardize.fit(splits["train"])
+    standardize = Standardize.fit(conditions["train"])
+    return SplitDataset(name, task.theta_dim, preprocessing, seed, splits, conditions, standardize)
