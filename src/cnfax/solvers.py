@@ -45,10 +45,12 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> int:
 def initial_evaluations(solver: diffrax.AbstractSolver) -> int:
     """Evaluations before the first step: f(y0) for FSAL tableaus.
 
-    A PID controller without dt0 also evaluates f twice to choose the first step; a direct
-    count of field calls (tests/test_stats.py) does not see them as separate calls, so
-    they are left out: the estimate matches what that count observes, and undercounts by
-    at most 2 per solve.
+    Diffrax's PID controller without dt0 would evaluate f twice more to choose the first
+    step (Hairer's algorithm), but only for a bare ``ODETerm``: diffeqsolve wraps the term
+    before the controller sees it, and for any other term Diffrax 0.7's
+    ``_select_initial_step`` returns ds = 0.01 without evaluating the field. So those two
+    evaluations never run, and the estimate leaves them out. tests/test_stats.py counts
+    every evaluation directly and fails if a Diffrax upgrade starts making them.
     """
     tableau = getattr(solver, "tableau", None)
     return int(isinstance(tableau, diffrax.ButcherTableau) and tableau.fsal)
