@@ -148,6 +148,13 @@ def test_a_constant_column_is_refused_naming_it_and_nothing_is_written(tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == f"error: {path}: column b is constant"
     assert not (tmp_path / "run").exists()
+    missing = _train_cli(
+        "--data", str(path), "--condition-columns", "z", "--run-dir", str(tmp_path / "run")
+    )
+    assert missing.returncode == 2 and not (tmp_path / "run").exists()
+    assert missing.stderr.strip() == (
+        f"error: {path}: no condition column 'z' (columns are a, b, c)"
+    )
 
 
 def test_integer_columns_are_named_in_a_warning_and_dequantized_on_request(tmp_path):
