@@ -15,13 +15,11 @@ from PIL import Image
 from scipy.stats import chi2, multivariate_normal, ncx2
 
 import cnfax
+from cnfax.baselines import ConditionalGaussian, ReferencePosterior
 from cnfax.data.sbi import GaussianLinear, TwoMoons, observations
+from cnfax.generative_classifier import bayes_classifier_accuracy, bayes_classifier_log_joint
 from cnfax.posterior_checks import (
     ALPHAS,
-    ConditionalGaussian,
-    ReferencePosterior,
-    bayes_classifier_accuracy,
-    bayes_classifier_log_joint,
     expected_coverage,
     kl_to_reference,
     null_max_deviation,

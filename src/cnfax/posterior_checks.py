@@ -1,15 +1,16 @@
 """Posterior estimates scored against the truth: KL to the reference posterior, expected
-coverage, a conditional-Gaussian baseline, and the digits' generative classifier.
+coverage (the conditional-Gaussian baseline and the reference posterior as a model are
+in :mod:`cnfax.baselines`, the digits' generative classifier in
+:mod:`cnfax.generative_classifier`).
 
 Every function takes any ``model`` with the conditional-density interface
 
     model.log_prob(theta, condition=x) -> (n,)      theta (n, d); x (c,) or (n, c)
     model.sample(key, n, condition=x)  -> (n, d)    x (c,): n draws given x; (n, c): one each
 
-in data units (``cnfax.load(run)``, a :class:`cnfax.CNF`, :class:`ConditionalGaussian`,
-:class:`ReferencePosterior`), answering numpy or JAX arrays. Calls are batched: the
-condition goes in as (rows, c), at most ``chunk`` rows per call. Everything else is numpy
-float64.
+in data units (``cnfax.load(run)``, a :class:`cnfax.CNF`, the baselines), answering
+numpy or JAX arrays. Calls are batched: the condition goes in as (rows, c), at most
+``chunk`` rows per call. Everything else is numpy float64.
 
 **KL(reference || model)** (:func:`kl_to_reference`), per observation x_o:
 
@@ -54,7 +55,6 @@ import math
 
 import jax
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from cnfax.data.sbi import SBI_TASKS, SBITask
 
@@ -75,7 +75,7 @@ def sbi_task(task: SBITask | str) -> SBITask:
     return task
 
 
-def _rows(a, width: int, name: str) -> np.ndarray:
+def as_rows(a, width: int, name: str) -> np.ndarray:
     a = np.asarray(a, np.float64)
     if a.ndim == 1:
         a = a[None]
@@ -108,7 +108,7 @@ def batched_sample(model, key, condition: np.ndarray, chunk: int = CHUNK) -> np.
     return np.concatenate(out)
 
 
-def _numpy_rng(key) -> np.random.Generator:
+def numpy_rng(key) -> np.random.Generator:
     """A numpy generator seeded by a JAX key (typed or raw uint32)."""
     if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
         key = jax.random.key_data(key)
@@ -183,7 +183,7 @@ def kl_to_reference(
     from the stream (seed); ``tail``: reference mass the grid may leave out. All model
     evaluations go through one batched pass (module docstring)."""
     task = sbi_task(task)
-    xs = _rows(observations_x, task.x_dim, "observations_x")
+    xs = as_rows(observations_x, task.x_dim, "observations_x")
     method = method or ("grid" if hasattr(task, "posterior_grid") else "monte carlo")
     if method == "grid":
         return _grid_kl(task, model, xs, tail, chunk)
@@ -374,157 +374,3 @@ def expected_coverage(
         draws=draws,
         null_max_deviation=null_max_deviation(pairs, draws, tuple(alphas.tolist())),
     )
-
-
-# --------------------------------------------------------------------------- models
-
-
-@dataclasses.dataclass(frozen=True)
-class ConditionalGaussian:
-    """theta | x ~ N(W x + b, Sigma), fitted by least squares (:meth:`fit`); the baseline
-    that every posterior estimate is scored next to, with the same interface."""
-
-    weight: np.ndarray  # W, (d, c)
-    bias: np.ndarray  # b, (d,)
-    covariance: np.ndarray  # Sigma, (d, d)
-
-    @classmethod
-    def fit(cls, theta, x) -> ConditionalGaussian:
-        """Least squares of theta (n, d) on [x, 1] (n, c + 1); Sigma is the residuals'
-        covariance (maximum likelihood, divided by n). Together, the maximum-likelihood
-        conditional Gaussian, which is the exact posterior of a linear-Gaussian joint."""
-        theta = np.asarray(theta, np.float64)
-        x = np.asarray(x, np.float64)
-        if theta.ndim != 2 or x.ndim != 2 or len(theta) != len(x):
-            raise ValueError(
-                f"theta (n, d) and x (n, c) must pair up, got {theta.shape}, {x.shape}"
-            )
-        if len(x) <= x.shape[1] + 1:
-            raise ValueError(f"{len(x)} pairs cannot fit {x.shape[1] + 1} coefficients per output")
-        design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-        coefficients, *_ = np.linalg.lstsq(design, theta, rcond=None)
-        residuals = theta - design @ coefficients
-        covariance = residuals.T @ residuals / len(x)
-        np.linalg.cholesky(covariance)  # LinAlgError if the residuals are degenerate
-        return cls(coefficients[:-1].T.copy(), coefficients[-1].copy(), covariance)
-
-    @property
-    def dim(self) -> int:
-        return len(self.bias)
-
-    @property
-    def condition_dim(self) -> int:
-        return self.weight.shape[1]
-
-    @functools.cached_property
-    def _cholesky(self) -> np.ndarray:
-        return np.linalg.cholesky(self.covariance)
-
-    def mean(self, condition) -> np.ndarray:
-        """W x + b for each row of the condition, (m, d)."""
-        return _rows(condition, self.condition_dim, "condition") @ self.weight.T + self.bias
-
-    def log_prob(self, theta, *, condition) -> np.ndarray:
-        theta = np.asarray(theta, np.float64)
-        single = theta.ndim == 1
-        theta = _rows(theta, self.dim, "theta")
-        mean = self.mean(condition)
-        if len(mean) not in (1, len(theta)):
-            raise ValueError(f"{len(theta)} points but {len(mean)} conditions")
-        z = solve_triangular(self._cholesky, (theta - mean).T, lower=True)
-        log_det = np.sum(np.log(np.diag(self._cholesky)))
-        logp = -0.5 * np.sum(z**2, 0) - log_det - 0.5 * self.dim * math.log(2 * math.pi)
-        return logp[0] if single else logp
-
-    def sample(self, key, n: int, *, condition) -> np.ndarray:
-        mean = self.mean(condition)
-        if len(mean) not in (1, n):
-            raise ValueError(f"{n} draws but {len(mean)} conditions")
-        noise = _numpy_rng(key).standard_normal((n, self.dim))
-        return mean + noise @ self._cholesky.T
-
-
-class ReferencePosterior:
-    """The task's reference posterior as a model (for checks and pictures): log_prob by
-    ``reference_log_posterior``, sample by ``reference_samples``, per distinct condition."""
-
-    def __init__(self, task: SBITask | str):
-        self.task = sbi_task(task)
-        self.dim = self.task.theta_dim
-        self.condition_dim = self.task.x_dim
-
-    def _groups(self, condition, n: int):
-        rows = _rows(condition, self.condition_dim, "condition")
-        if len(rows) not in (1, n):
-            raise ValueError(f"{n} points but {len(rows)} conditions")
-        rows = np.broadcast_to(rows, (n, self.condition_dim))
-        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-        return unique, inverse.reshape(-1)
-
-    def log_prob(self, theta, *, condition) -> np.ndarray:
-        theta = _rows(theta, self.dim, "theta")
-        unique, inverse = self._groups(condition, len(theta))
-        out = np.empty(len(theta))
-        for i, x in enumerate(unique):
-            where = inverse == i
-            out[where] = self.task.reference_log_posterior(theta[where], x)
-        return out
-
-    def sample(self, key, n: int, *, condition) -> np.ndarray:
-        rng = _numpy_rng(key)
-        unique, inverse = self._groups(condition, n)
-        out = np.empty((n, self.dim))
-        for i, x in enumerate(unique):
-            where = inverse == i
-            out[where] = self.task.reference_samples(x, rng, int(where.sum()))
-        return out
-
-
-# --------------------------------------------------------------------------- digits
-
-
-def bayes_classifier_log_joint(
-    model, images, levels: int, label_frequencies, *, key=None, chunk: int = CHUNK
-) -> np.ndarray:
-    """log p(x | y) + log p(y) for every image (rows of integer grey levels in
-    [0, levels)) and every label y (one-hot, K = len(label_frequencies)), shape (n, K).
-
-    ``model.log_prob`` is the density of the dequantised image v = x + u, u in [0, 1)^D
-    (``cnfax.load`` of a discrete run); v is the cell centre x + 1/2, or with ``key`` one
-    uniform u per image, the same for every label (so labels are compared at one point).
-    p(y): the training label frequencies (counts or probabilities), normalised here."""
-    images = np.asarray(images, np.float64)
-    if images.ndim != 2:
-        raise ValueError(f"images must have shape (n, D), got {images.shape}")
-    if np.any(images != np.round(images)) or np.any(images < 0) or np.any(images >= levels):
-        raise ValueError(f"images must hold integer grey levels in [0, {levels})")
-    prior = np.asarray(label_frequencies, np.float64)
-    if prior.ndim != 1 or np.any(prior < 0) or prior.sum() <= 0:
-        raise ValueError("label_frequencies must be K non-negative numbers, not all zero")
-    classes = len(prior)
-    width = getattr(model, "condition_dim", classes)
-    if width != classes:
-        raise ValueError(f"{classes} label frequencies but the model's condition width is {width}")
-    if key is None:
-        v = images + 0.5
-    else:
-        v = images + _numpy_rng(key).uniform(size=images.shape)
-    n = len(images)
-    one_hot = np.tile(np.eye(classes), (n, 1))  # row i * K + k: label k
-    log_likelihood = batched_log_prob(model, np.repeat(v, classes, axis=0), one_hot, chunk)
-    with np.errstate(divide="ignore"):
-        log_prior = np.log(prior / prior.sum())
-    return log_likelihood.reshape(n, classes) + log_prior
-
-
-def bayes_classifier_accuracy(
-    model, images, labels, levels: int, label_frequencies, *, key=None, chunk: int = CHUNK
-) -> float:
-    """Accuracy of argmax_y p(x | y) p(y) on the images (:func:`bayes_classifier_log_joint`)."""
-    labels = np.asarray(labels)
-    if labels.shape != (len(images),):
-        raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
-    scores = bayes_classifier_log_joint(
-        model, images, levels, label_frequencies, key=key, chunk=chunk
-    )
-    return float(np.mean(np.argmax(scores, axis=1) == labels))
