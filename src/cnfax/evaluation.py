@@ -143,6 +143,10 @@ class EvalArgs:
     pictures: bool = True
     baselines: bool = False
     """also score a diagonal Gaussian, a full Gaussian and a Gaussian mixture"""
+    coverage_pairs: int = 200
+    """SBI runs: (theta*, x) pairs of the expected-coverage check"""
+    coverage_draws: int = 500
+    """SBI runs: posterior draws per pair in the coverage check"""
 
 
 def _draw_pictures(flow: CNF, dataset: Dataset, held_out, run_dir: Path, title: str, key):
@@ -156,6 +160,32 @@ def _draw_pictures(flow: CNF, dataset: Dataset, held_out, run_dir: Path, title: 
         plot_image_grid(images, run_dir / "samples.png", title=title, **grid)
         test = dataset.raw("test")[:64]
         plot_image_grid(test, run_dir / "test_images.png", title="test images", **grid)
+
+
+def _conditional_report(args, config, dataset, flow, step, run_dir) -> dict:
+    """SBI's posterior checks or the digits' classifier, on the model in data units."""
+    # Imported here: cnfax.density and the reports build on this module.
+    from cnfax.conditional_report import digits_report, sbi_report
+    from cnfax.data.sbi import SBI_TASKS
+    from cnfax.density import TrainedModel
+    from cnfax.run import read_data_spec
+
+    spec = read_data_spec(run_dir)
+    model = TrainedModel(flow, spec.preprocessing, config, step, spec.condition_preprocessing)
+    if dataset.name in SBI_TASKS:
+        report = sbi_report(
+            model,
+            dataset,
+            config.seed,
+            run_dir,
+            pictures=args.pictures,
+            pairs=args.coverage_pairs,
+            draws=args.coverage_draws,
+        )
+        return {"posterior": report}
+    if dataset.name == "digits":
+        return digits_report(model, dataset, config.seed, run_dir, pictures=args.pictures)
+    return {}
 
 
 def evaluate_run(args: EvalArgs) -> dict:
@@ -193,14 +223,22 @@ def evaluate_run(args: EvalArgs) -> dict:
     }
     if dataset.levels:
         result["bits_per_dim"] = bits_per_dim(nll, dim)
-    if args.baselines and isinstance(dataset, SplitDataset):
+    if args.baselines and isinstance(dataset, SplitDataset) and condition is None:
         result["baselines"] = score_baselines(dataset)
+    if condition is not None:
+        result.update(_conditional_report(args, config, dataset, tight, step, run_dir))
     (run_dir / f"evaluation_{args.which}.json").write_text(json.dumps(result, indent=2))
     units = f" = {result['bits_per_dim']:.3f} bits/dim" if dataset.levels else ""
     print(
         f"{config.dataset} step {step} ({args.which}): test NLL {nll:.4f} nats{units} on "
         f"{len(x)} points (exact trace, tol {args.tol:g}, NFE {nfe}); {report.summary()}"
     )
+    if "posterior" in result:
+        from cnfax.conditional_report import sbi_summary
+
+        print(sbi_summary(result["posterior"]))
+    if "classifier_accuracy" in result:
+        print(f"  generative classifier accuracy {result['classifier_accuracy']:.4f}")
     for name, value in result.get("baselines", {}).items():
         if isinstance(value, float):
             units = f" = {bits_per_dim(value, dim):.3f} bits/dim" if dataset.levels else ""
