@@ -377,14 +377,17 @@ def test_maximum_likelihood_takes_conditional_batches():
 @settings(max_examples=examples(3))
 @given(seed=seeds, key=seeds)
 def test_sample_shapes_follow_the_condition(seed, key):
-    """A condition (c,) gives n draws from p(. | y); (n, c) one draw per row, row i drawn
-    given y_i (the same base draws: row i equals the draw made with y_i for every row, to
-    the solver's tolerance: measured 7.6e-7 over 6 seeds, bound 2e-5); sample_and_log_prob
-    agrees with log_prob of its samples given their conditions (9.5e-7, bound 2e-5)."""
+    """A condition (c,) gives n draws from p(. | y) (other draws for another y); (n, c)
+    one draw per row, row i drawn given y_i: from the same base draws, row i equals the
+    draw made with y_i for every row, to the solver's tolerance (measured 7.6e-7 over 6
+    seeds, bound 2e-5). sample_and_log_prob agrees with log_prob of its samples given
+    their conditions (9.5e-7, bound 2e-5)."""
     flow = cnfax.CNF(conditional_field(seed, width=4), embedding=embedding(seed), t1=0.5)
     y = points(seed + 1, jnp.float32, n=5, width=COND)
     k = jax.random.key(key)
-    assert flow.sample(k, 7, condition=y[0]).shape == (7, DIM)
+    draws = flow.sample(k, 7, condition=y[0])
+    assert draws.shape == (7, DIM)
+    assert float(jnp.max(jnp.abs(draws - flow.sample(k, 7, condition=y[1])))) > 1e-3
     per_row = flow.sample(k, 5, condition=y)
     assert per_row.shape == (5, DIM)
     for i in range(5):

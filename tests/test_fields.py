@@ -62,23 +62,69 @@ def _tree(module):
     return {jax.tree_util.keystr(path): np.asarray(value) for path, value in leaves}
 
 
+# Names, shapes and a fingerprint sum_k k v_k of each parameter of the fields (2, (8,)) at
+# nnx.Rngs(0), from fields.py before conditions were added (commit 23baa71, flax 0.12.8):
+# what existing checkpoints hold, and what a seed gave.
+UNCONDITIONAL_TREES = {
+    "ConcatSquashMLP": {
+        "['layers'][0]['gate']['bias']": ((8,), 0.0),
+        "['layers'][0]['gate']['kernel']": ((1, 8), -0.407793),
+        "['layers'][0]['hyper_bias']['kernel']": ((1, 8), 3.844538),
+        "['layers'][0]['linear']['bias']": ((8,), 0.0),
+        "['layers'][0]['linear']['kernel']": ((2, 8), -4.341073),
+        "['layers'][1]['gate']['bias']": ((2,), 0.0),
+        "['layers'][1]['gate']['kernel']": ((1, 2), -3.096564),
+        "['layers'][1]['hyper_bias']['kernel']": ((1, 2), -0.561542),
+        "['layers'][1]['linear']['bias']": ((2,), 0.0),
+        "['layers'][1]['linear']['kernel']": ((8, 2), 9.878933),
+    },
+    "ConcatMLP": {
+        "['layers'][0]['linear']['bias']": ((8,), 0.0),
+        "['layers'][0]['linear']['kernel']": ((3, 8), 19.051606),
+        "['layers'][1]['linear']['bias']": ((2,), 0.0),
+        "['layers'][1]['linear']['kernel']": ((9, 2), -2.970212),
+    },
+}
+
+
 @pytest.mark.parametrize("field_type", FIELDS)
-@pytest.mark.parametrize("condition_dim", [0, None])
+@pytest.mark.parametrize("condition_dim", ["absent", 0, None])
 def test_no_condition_keeps_the_unconditional_parameters(field_type, condition_dim):
-    """condition_dim 0 or None gives the parameters of a field built without it, with the
-    names and shapes that existing checkpoints hold (time-only gate and shift)."""
-    plain = _tree(field_type(2, (8,), rngs=nnx.Rngs(0)))
-    same = _tree(field_type(2, (8,), condition_dim=condition_dim, rngs=nnx.Rngs(0)))
-    assert plain.keys() == same.keys()
-    for name in plain:
-        np.testing.assert_array_equal(plain[name], same[name])
-    if field_type is cnfax.ConcatSquashMLP:
-        assert plain["['layers'][0]['gate']['kernel']"].shape == (1, 8)
-        assert plain["['layers'][1]['hyper_bias']['kernel']"].shape == (1, 2)
-        assert plain["['layers'][0]['linear']['kernel']"].shape == (2, 8)
-    else:
-        assert plain["['layers'][0]['linear']['kernel']"].shape == (3, 8)
-    assert field_type(2, (8,), rngs=nnx.Rngs(0)).condition_dim == 0
+    """Without a condition (condition_dim absent, 0 or None) the parameters have the names,
+    shapes and initial values of the fields before conditions existed, so existing
+    checkpoints load and seeds give the same fields."""
+    kwargs = {} if condition_dim == "absent" else {"condition_dim": condition_dim}
+    field = field_type(2, (8,), rngs=nnx.Rngs(0), **kwargs)
+    tree = _tree(field)
+    expected = UNCONDITIONAL_TREES[field_type.__name__]
+    assert sorted(tree) == sorted(expected)
+    for name, (shape, fingerprint) in expected.items():
+        value = np.asarray(tree[name], np.float64)
+        assert value.shape == shape, name
+        weighted = float(np.sum(value * np.arange(1, value.size + 1).reshape(shape)))
+        assert abs(weighted - fingerprint) <= 1e-5, (name, weighted, fingerprint)
+    assert field.condition_dim == 0
+
+
+@given(seed=st.integers(0, 1000), t=st.floats(0, 2))
+def test_layers_compute_ffjords_formulas_from_their_named_parameters(seed, t):
+    """A checkpoint's parameters keep their meaning: ConcatSquashLinear is
+    (x W + b) * sigmoid(c A + a) + c E and ConcatLinear [c, x] W + b, with the context
+    c = [t] (unconditional) or [t, y]."""
+    x = jax.random.normal(jax.random.key(seed), (4, 3))
+    y = jax.random.normal(jax.random.key(seed + 1), (4, 2))
+    for condition_dim, context in [(0, jnp.full((4, 1), t)), (2, jnp.c_[jnp.full((4, 1), t), y])]:
+        args = (t, x) if condition_dim == 0 else (t, x, y)
+        squash = cnfax.ConcatSquashLinear(3, 5, condition_dim=condition_dim, rngs=nnx.Rngs(seed))
+        lin, gate, shift = squash.linear, squash.gate, squash.hyper_bias
+        expected = (x @ lin.kernel[...] + lin.bias[...]) * jax.nn.sigmoid(
+            context @ gate.kernel[...] + gate.bias[...]
+        ) + context @ shift.kernel[...]
+        np.testing.assert_allclose(squash(*args), expected, rtol=1e-5, atol=1e-6)
+        concat = cnfax.ConcatLinear(3, 5, condition_dim=condition_dim, rngs=nnx.Rngs(seed))
+        inputs = jnp.concatenate([context, x], axis=-1)
+        expected = inputs @ concat.linear.kernel[...] + concat.linear.bias[...]
+        np.testing.assert_allclose(concat(*args), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("field_type", FIELDS)
