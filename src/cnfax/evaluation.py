@@ -147,6 +147,8 @@ class EvalArgs:
     """SBI runs: (theta*, x) pairs of the expected-coverage check"""
     coverage_draws: int = 500
     """SBI runs: posterior draws per pair in the coverage check"""
+    kl_samples: int = 1000
+    """SBI runs with a Monte Carlo KL (Gaussian linear): reference draws per observation"""
 
 
 def _draw_pictures(flow: CNF, dataset: Dataset, held_out, run_dir: Path, title: str, key):
@@ -181,6 +183,7 @@ def _conditional_report(args, config, dataset, flow, step, run_dir) -> dict:
             pictures=args.pictures,
             pairs=args.coverage_pairs,
             draws=args.coverage_draws,
+            kl_samples=args.kl_samples,
         )
         return {"posterior": report}
     if dataset.name == "digits":
