@@ -280,3 +280,13 @@ def test_learned_end_time_stays_positive_and_is_a_parameter():
     np.testing.assert_allclose(flow.end_times, [0.8], rtol=1e-6)
     fixed = cnfax.CNF(random_field(0), t1=0.8)
     assert "sqrt_t1" not in nnx.state(fixed, nnx.Param)
+
+
+def test_end_times_follow_the_default_float_dtype():
+    """Under jax_enable_x64, T = 0.5 is 0.5 to float64 rounding (a float32 sqrt_t1 gives
+    0.49999998, 2e-8 off), so learned-T gradients come back in float64."""
+    with jax.enable_x64(True):
+        flow = cnfax.CNF(random_field(0), t1=0.5, learn_t1=True)
+        assert flow.end_times.dtype == jnp.float64
+        assert abs(float(flow.end_times[0]) - 0.5) < 1e-15
+    assert cnfax.CNF(random_field(0), t1=0.5).end_times.dtype == jnp.float32

@@ -68,14 +68,28 @@ def test_chained_log_dets_add(k, mean, scale, seed):
 
 
 def test_identity_and_standardize_fit():
-    x = np.random.default_rng(0).normal(size=(100, DIM)) * [1.0, 2.0, 0.0] + 4
+    # spreads below and above 1, so a rule such as "scale only if std > 1" shows
+    x = np.random.default_rng(0).normal(size=(100, DIM)) * [0.3, 2.0, 0.0] + 4
     fitted = Standardize.fit(x)
     y, log_det = fitted.to_flow(x)
     np.testing.assert_allclose(y[:, :2].mean(0), 0, atol=1e-9)
     np.testing.assert_allclose(y[:, :2].std(0), 1, atol=1e-9)
     assert fitted.scale[2] == 1.0  # a constant column is left unscaled, not divided by 0
     np.testing.assert_allclose(log_det, -math.log(x[:, 0].std() * x[:, 1].std()))
-    np.testing.assert_array_equal(Identity().to_flow(x)[1], np.zeros(100))
+    identity_log_det = Identity().to_flow(x)[1]
+    assert identity_log_det.shape == (100,) and identity_log_det.dtype == x.dtype
+    np.testing.assert_array_equal(identity_log_det, np.zeros(100))
+
+
+def test_standardize_fits_float32_input_in_float64():
+    """float32 rows of a timestamp-like column (1.6e9 + 3600 N(0, 1)): the fitted mean and
+    scale are those of the same values in float64 (a float32 accumulation is off by
+    thousands in the mean)."""
+    x = (1.6e9 + 3600 * np.random.default_rng(1).normal(size=(500, 1))).astype(np.float32)
+    fitted = Standardize.fit(x)
+    reference = x.astype(np.float64)
+    np.testing.assert_allclose(fitted.mean, reference.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(fitted.scale, reference.std(0), rtol=1e-9)
 
 
 def test_bits_per_dim_by_hand():

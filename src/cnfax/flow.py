@@ -121,7 +121,7 @@ class CNF(nnx.Module):
         self.trace = Exact() if trace is None else trace
         self.options = options
         self.learn_t1 = learn_t1
-        # The default float dtype: float64 under jax_enable_x64, so T = 0.5 stays exact.
+        # The default float dtype: float64 under jax_enable_x64 (T = 0.5 to 1e-16, not 2e-8).
         sqrt_t1 = jnp.full((len(blocks),), math.sqrt(t1), jnp.result_type(float))
         self.sqrt_t1 = nnx.Param(sqrt_t1) if learn_t1 else nnx.Variable(sqrt_t1)
 
