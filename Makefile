@@ -38,6 +38,18 @@ evaluate: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/benchmark.py $(ARGS)
 
+# Time to a good density: each recipe on three toys, two seeds, in fresh processes
+# (make bench-ttn; about 40 minutes on 2 CPU cores); docs/benchmark.md
+.PHONY: bench-ttn bench-peers
+bench-ttn: $(STAMP)
+	$(PY) experiments/benchmark.py --sections ttn $(ARGS)
+
+# FFJORD's PyTorch/torchdiffeq model beside cnfax, in one command (installs the optional
+# `peers` extra: torch's CPU build and torchdiffeq; not needed by make test)
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) experiments/benchmark.py --sections peers $(ARGS)
+
 # Maximum likelihood vs + RNODE vs flow matching on three toys (about an hour on 2 CPU cores)
 .PHONY: compare-objectives
 compare-objectives: $(STAMP)

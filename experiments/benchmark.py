@@ -1,31 +1,58 @@
 """Benchmark: training-step time and NFE, solver overhead, compile time, gradient memory,
-log-likelihood throughput, and shared-batch against per-sample solves.
+log-likelihood throughput, and shared-batch against per-sample solves (the quick
+sections); time to a good density (time-to-NLL); and the peer comparison with FFJORD's
+PyTorch/torchdiffeq model.
 
-    python experiments/benchmark.py            # quick mode (make bench)
-    python experiments/benchmark.py --full     # more repeats and sizes
+    python experiments/benchmark.py                      # quick sections (make bench)
+    python experiments/benchmark.py --full               # more repeats and sizes
+    python experiments/benchmark.py --sections ttn       # time-to-NLL (make bench-ttn)
+    python experiments/benchmark.py --sections peers     # peers (make bench-peers)
+    python experiments/benchmark.py --sections ttn peers # both, sharing cnfax's runs
 
-Writes bench/benchmark.json and bench/benchmark.md. Every time is a median over repeated
-runs after compilation. Fields are freshly initialised (not trained), so NFE here is that
+The quick sections write bench/benchmark.{json,md}: every time is a median over repeated
+runs after compilation; fields are freshly initialised (not trained), so NFE here is that
 of a flow at the start of training.
+
+Time-to-NLL (bench/time_to_nll.{json,md}) runs ``experiments/train.py`` in a fresh
+process for each recipe, dataset and seed, and reads its metrics: the seconds from the
+command's launch (imports and compilation included, the periodic held-out evaluations
+excluded) until the held-out NLL (2,000 points, exact trace, tol 1e-5) first reaches the
+dataset's threshold, and the final test NLL of ``make train``'s evaluation (10,000 points,
+tol 1e-6). The default recipe's compilation cache starts empty for each dataset's seed 0
+(a first run, "cold") and is reused by seed 1 and by a rerun of 8gaussians seed 0 ("warm").
+The peers section adds experiments/ffjord_torch.py on the same data (needs the ``peers``
+extra: torch and torchdiffeq).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 import cnfax
 from cnfax.augmented import INVERSE, AugmentedField
+from cnfax.config import Config, build_dataset, build_flow, build_optimizer, recipe
+from cnfax.parallel import data_mesh, replicate, shard_batch
+from cnfax.train import train_step as cnfax_train_step
+
+HERE = Path(__file__).resolve().parent
+THRESHOLDS = {"8gaussians": 2.90, "checkerboard": 3.70, "pinwheel": 2.45}
 
 
 def median_time(fn, repeats: int) -> float:
@@ -228,12 +255,337 @@ def markdown(results) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------- time to NLL
+
+
+def load_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def nll_curve(rows: list[dict], launched: float) -> list[tuple[int, float, float]]:
+    """(step, seconds since launch less the evaluations so far, held-out NLL) per evaluation.
+    A row's clock is read after its evaluation, so that evaluation is subtracted too."""
+    curve, evaluating = [], 0.0
+    for row in rows:
+        if "test_nll" in row:
+            evaluating += row["eval_seconds"]
+            curve.append((row["step"], row["unix_time"] - launched - evaluating, row["test_nll"]))
+    return curve
+
+
+def first_reached(curve, threshold: float) -> tuple[int, float] | tuple[None, None]:
+    """(step, seconds) of the first evaluation at or below the threshold."""
+    for step, seconds, nll in curve:
+        if nll <= threshold:
+            return step, seconds
+    return None, None
+
+
+def compile_seconds(rows: list[dict]) -> list[dict]:
+    """For each step function a run used (a phase, a tolerance): its first call's time less
+    the median of its later calls, i.e. the time to compile it or load it from the cache."""
+    out, phase = [], None
+    for row in rows:
+        if "step_seconds" not in row:
+            continue
+        if row.get("first_call"):
+            phase = {"step": row["step"], "first_s": row["step_seconds"], "later": []}
+            out.append(phase)
+        elif phase is not None:
+            phase["later"].append(row["step_seconds"])
+    return [
+        {
+            "step": p["step"],
+            "first_step_s": p["first_s"],
+            "median_step_s": statistics.median(p["later"]) if p["later"] else None,
+            "compile_s": p["first_s"] - (statistics.median(p["later"]) if p["later"] else 0.0),
+        }
+        for p in out
+    ]
+
+
+def train_run(flags: list[str], run_dir: Path, threshold: float) -> dict:
+    """``experiments/train.py`` in a fresh process (train, then make train's evaluation);
+    its time to the threshold, final test NLL, compile times and step times."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, str(HERE / "train.py"), *flags, "--run-dir", str(run_dir)]
+    command += ["--no-pictures"]
+    launched = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    rows = load_rows(run_dir)
+    curve = nll_curve(rows, launched)
+    step, seconds = first_reached(curve, threshold)
+    evaluation = json.loads((run_dir / "evaluation_latest.json").read_text())
+    steps = [r["step_seconds"] for r in rows if "step_seconds" in r and not r.get("first_call")]
+    return {
+        "flags": flags,
+        "threshold": threshold,
+        "seconds_to_threshold": seconds,
+        "step_at_threshold": step,
+        "final_test_nll": evaluation["test_nll"],
+        "final_test_nfe": evaluation["test_nfe"],
+        "training_seconds": curve[-1][1],
+        "median_step_s": statistics.median(steps) if steps else None,
+        "compile": compile_seconds(rows),
+        "curve": curve,
+    }
+
+
+def time_to_nll(datasets, seeds, recipes, out: Path, eval_every: int) -> list[dict]:
+    """Each recipe on each dataset and seed, one fresh process each (see the docstring)."""
+    cache_root = out / "jax-cache"
+    shutil.rmtree(cache_root, ignore_errors=True)
+    runs = []
+    for dataset in datasets:
+        for name in recipes:
+            for seed in seeds:
+                flags = ["--recipe", name, "--dataset", dataset, "--seed", str(seed)]
+                flags += ["--eval-every", str(eval_every)]
+                cache = ""
+                if recipe(name).compilation_cache:
+                    # Seed 0 starts from an empty cache; later seeds reuse what it compiled.
+                    cache = str(cache_root / dataset)
+                    if seed == seeds[0]:
+                        shutil.rmtree(cache, ignore_errors=True)
+                    flags += ["--compilation-cache", cache]
+                run_dir = out / "runs" / f"{name}-{dataset}-{seed}"
+                run = train_run(flags, run_dir, THRESHOLDS[dataset])
+                run.update(recipe=name, dataset=dataset, seed=seed)
+                run["cache"] = "none" if not cache else ("cold" if seed == seeds[0] else "warm")
+                runs.append(run)
+                print(json.dumps({k: v for k, v in run.items() if k != "curve"}), flush=True)
+    return runs
+
+
+def rerun(first: dict, out: Path) -> dict:
+    """The same command as ``first`` again, in a fresh process: with the compilation cache
+    that the first run filled (if its recipe has one)."""
+    run = train_run(first["flags"], out / "runs" / "rerun", first["threshold"])
+    run.update(recipe=first["recipe"], dataset=first["dataset"], seed=first["seed"])
+    run["cache"] = "none" if first["cache"] == "none" else "warm (rerun)"
+    print(json.dumps({k: v for k, v in run.items() if k != "curve"}), flush=True)
+    return run
+
+
+# ---------------------------------------------------------------------------- peers
+
+
+def cnfax_step_timings(batch_sizes, repeats) -> list[dict]:
+    """Seconds of cnfax's training step (the default recipe's, cnfax.train.train_step) of a
+    freshly initialised model at each batch size, as the peer measures its own."""
+    rows = []
+    mesh = data_mesh()
+    for batch in batch_sizes:
+        config = dataclasses.replace(recipe("default"), batch_size=batch)
+        flow = build_flow(config, 2)
+        optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
+        replicate(flow, mesh)
+        replicate(optimizer, mesh)
+        x = shard_batch(np.asarray(jax.random.normal(jax.random.key(1), (batch, 2))), mesh)
+        key = jax.random.key(2)
+
+        def step(flow=flow, optimizer=optimizer, x=x, key=key):
+            return jax.block_until_ready(cnfax_train_step(flow, optimizer, x, key, mesh))
+
+        start = time.perf_counter()
+        _, stats, _ = step()
+        first = time.perf_counter() - start
+        seconds = median_time(step, repeats)
+        rows.append(
+            {"batch": batch, "step_s": seconds, "nfe_forward": int(stats.nfe), "first_s": first}
+        )
+    return rows
+
+
+def peer_data(dataset: str, seed: int, iters: int, path: Path) -> None:
+    """The batches and held-out points cnfax's run of (dataset, seed) sees, for the peer."""
+    data = build_dataset(Config(dataset=dataset, seed=seed))
+    train = np.stack([data.train_batch(step, 256) for step in range(iters)])
+    held_out, _ = data.held_out("validation", 2000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, train=train, held_out=held_out)
+
+
+def peer_run(flags: list[str], out: Path) -> dict:
+    command = [sys.executable, str(HERE / "ffjord_torch.py"), *flags, "--out", str(out)]
+    launched = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["launched"] = launched
+    return result
+
+
+def peers(datasets, seed, iters, eval_every, repeats, batches, out: Path) -> dict:
+    """FFJORD's PyTorch model: step times at each batch size (beside cnfax's), and its time
+    to each dataset's threshold on cnfax's data for ``seed`` (stopping there)."""
+    timings = peer_run(
+        ["--step-batches", *map(str, batches), "--repeats", str(repeats)], out / "peer-steps.json"
+    )
+    result = {
+        "torch": timings["torch"],
+        "torch_threads": timings["threads"],
+        "peer_steps": timings["step_timings"],
+        "cnfax_steps": cnfax_step_timings(batches, repeats),
+        "runs": [],
+    }
+    for dataset in datasets:
+        data = out / "peer-data" / f"{dataset}-{seed}.npz"
+        peer_data(dataset, seed, iters, data)
+        flags = ["--data", str(data), "--threshold", str(THRESHOLDS[dataset])]
+        flags += ["--eval-every", str(eval_every), "--seed", str(seed)]
+        run = peer_run(flags, out / f"peer-{dataset}-{seed}.json")
+        curve = nll_curve(run["curve"], run["launched"])
+        step, seconds = first_reached(curve, THRESHOLDS[dataset])
+        steps = [r["step_seconds"] for r in run["curve"]]
+        entry = {
+            "dataset": dataset,
+            "seed": seed,
+            "seconds_to_threshold": seconds,
+            "step_at_threshold": step,
+            "steps_run": curve[-1][0] if curve else 0,
+            "seconds_run": curve[-1][1] if curve else None,
+            "median_step_s": statistics.median(steps) if steps else None,
+            "nfe_last": [run["curve"][-1]["nfe_forward"], run["curve"][-1]["nfe_backward"]]
+            if run["curve"]
+            else None,
+            "curve": curve,
+        }
+        result["runs"].append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k != "curve"}), flush=True)
+    return result
+
+
+def _seconds(value) -> str:
+    return "not reached" if value is None else f"{value:.1f}"
+
+
+def ttn_markdown(results: dict) -> str:
+    lines = [
+        f"Machine: {results['machine']}; JAX {results['jax']}; load average before "
+        f"{results['load_before']}, after {results['load_after']}.",
+        "",
+    ]
+    runs = results.get("runs", [])
+    if runs:
+        lines += [
+            "| recipe | dataset | seed | cache | time to threshold (s) | step | "
+            "final test NLL | training s | median step ms | compile s (first step) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in runs:
+            compiles = " + ".join(f"{c['compile_s']:.1f}" for c in r["compile"])
+            lines.append(
+                f"| {r['recipe']} | {r['dataset']} | {r['seed']} | {r['cache']} | "
+                f"{_seconds(r['seconds_to_threshold'])} | {r['step_at_threshold']} | "
+                f"{r['final_test_nll']:.3f} | {r['training_seconds']:.1f} | "
+                f"{1e3 * r['median_step_s']:.1f} | {compiles} |"
+            )
+        lines += ["", "| dataset (threshold) | " + " | ".join(results["recipes"]) + " | ratio |"]
+        lines += ["| --- " * (len(results["recipes"]) + 2) + "|"]
+        for dataset in results["datasets"]:
+            means = []
+            for name in results["recipes"]:
+                times = [
+                    r["seconds_to_threshold"]
+                    for r in runs
+                    if r["dataset"] == dataset
+                    and r["recipe"] == name
+                    and r["cache"] != "warm (rerun)"
+                ]
+                ok = times and all(t is not None for t in times)
+                means.append(statistics.mean(times) if ok else None)
+            ratio = (
+                f"{means[0] / means[-1]:.1f}x"
+                if len(means) > 1 and None not in (means[0], means[-1])
+                else "n/a"
+            )
+            cells = " | ".join(_seconds(m) for m in means)
+            lines.append(f"| {dataset} ({THRESHOLDS[dataset]}) | {cells} | {ratio} |")
+    peers_result = results.get("peers")
+    if peers_result:
+        lines += [
+            "",
+            f"Peer: PyTorch {peers_result['torch']} ({peers_result['torch_threads']} threads) "
+            "with torchdiffeq, FFJORD's toy model.",
+            "",
+            "| training step, fresh init | cnfax ms (NFE fwd) | peer ms (NFE fwd / bwd) | "
+            "peer / cnfax |",
+            "| --- | --- | --- | --- |",
+        ]
+        for c, p in zip(peers_result["cnfax_steps"], peers_result["peer_steps"], strict=True):
+            lines.append(
+                f"| batch {c['batch']} | {1e3 * c['step_s']:.1f} ({c['nfe_forward']}) | "
+                f"{1e3 * p['step_s']:.1f} ({p['nfe_forward']} / {p['nfe_backward']}) | "
+                f"{p['step_s'] / c['step_s']:.1f}x |"
+            )
+        lines += [
+            "",
+            "| dataset | peer time to threshold (s) | peer steps | peer median step ms | "
+            "peer / cnfax ffjord recipe | peer / cnfax default |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for p in peers_result["runs"]:
+            cells = []
+            for name in ("ffjord", "default"):
+                same = [
+                    r
+                    for r in runs
+                    if r["recipe"] == name
+                    and r["dataset"] == p["dataset"]
+                    and r["seed"] == p["seed"]
+                ]
+                mine = same[0]["seconds_to_threshold"] if same else None
+                theirs = p["seconds_to_threshold"]
+                if theirs is None and mine is not None:
+                    cells.append(f"> {p['seconds_run'] / mine:.1f}x")
+                elif None in (theirs, mine):
+                    cells.append("n/a")
+                else:
+                    cells.append(f"{theirs / mine:.1f}x")
+            reached = _seconds(p["seconds_to_threshold"])
+            if p["seconds_to_threshold"] is None:
+                reached += f" (> {p['seconds_run']:.0f})"
+            lines.append(
+                f"| {p['dataset']} | {reached} | {p['step_at_threshold'] or p['steps_run']} | "
+                f"{1e3 * p['median_step_s']:.0f} | {cells[0]} | {cells[1]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="more repeats and sizes")
     parser.add_argument("--out", default="bench", help="output directory")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["quick", "ttn", "peers"],
+        default=["quick"],
+        help="quick: the step, solver, memory and throughput tables; ttn: time to NLL; "
+        "peers: FFJORD's PyTorch model beside cnfax",
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--recipes", nargs="+", default=["ffjord", "default"])
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--peer-datasets", nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--peer-iters", type=int, default=1500)
     args = parser.parse_args(argv)
     repeats = 10 if args.full else 3
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    if "ttn" in args.sections or "peers" in args.sections:
+        slow_sections(args, out, repeats)
+    if "quick" not in args.sections:
+        return 0
     toy = (64, 64, 64)
     results = {
         "machine": f"{platform.machine()} {platform.processor() or ''} "
@@ -265,13 +617,58 @@ def main(argv=None) -> int:
         throughput(64, (256, 256, 256), 1000 if args.full else 200, repeats),
     ]
     results["shared_vs_per_sample"] = shared_vs_per_sample(1000, repeats)
-    out = Path(args.out)
-    out.mkdir(exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (out / "benchmark.md").write_text(table)
     print(table)
     return 0
+
+
+def slow_sections(args, out: Path, repeats: int) -> None:
+    """Time to NLL and/or the peers; writes bench/time_to_nll.{json,md} as it goes."""
+    results = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "jax": jax.__version__,
+        "load_before": load_average(),
+        "datasets": args.datasets,
+        "recipes": args.recipes,
+        "command": " ".join(["python", "experiments/benchmark.py", *sys.argv[1:]]),
+    }
+    ttn_dir = out / "time_to_nll"
+
+    def save():
+        results["load_after"] = load_average()
+        (out / "time_to_nll.json").write_text(json.dumps(results, indent=2))
+        (out / "time_to_nll.md").write_text(ttn_markdown(results))
+
+    if "ttn" in args.sections:
+        results["runs"] = time_to_nll(
+            args.datasets, args.seeds, args.recipes, ttn_dir, args.eval_every
+        )
+        save()
+        first = [r for r in results["runs"] if r["cache"] == "cold"]
+        if first:
+            results["runs"].append(rerun(first[0], ttn_dir))
+            save()
+    if "peers" in args.sections:
+        missing = [
+            d for d in args.peer_datasets if d not in args.datasets or "ttn" not in args.sections
+        ]
+        if missing:  # cnfax's runs to compare with, in this same command
+            results.setdefault("runs", [])
+            results["runs"] += time_to_nll(missing, [0], args.recipes, ttn_dir, args.eval_every)
+        results["peers"] = peers(
+            args.peer_datasets,
+            0,
+            args.peer_iters,
+            args.eval_every,
+            repeats,
+            [100, 256, 1000],
+            ttn_dir,
+        )
+        save()
+    save()
+    print(ttn_markdown(results))
 
 
 if __name__ == "__main__":

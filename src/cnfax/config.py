@@ -61,6 +61,10 @@ class Config:
     """training iterations"""
     batch_size: int = 256
     lr: float = 3e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine decay to 0 at --iters (after the warm-up)"""
+    warmup_steps: int = 0
+    """linear warm-up of the learning rate from 0 over this many steps"""
     seed: int = 0
     run_dir: str = "runs/default"
     """where config, metrics, checkpoints and pictures go; an existing run is resumed"""
@@ -68,8 +72,11 @@ class Config:
     activation: str = "tanh"
     t1: float = 0.5
     learn_t1: bool = False
-    objective: Literal["mle", "flow-matching"] = "mle"
-    """maximum likelihood through the solve, or simulation-free flow matching"""
+    objective: Literal["mle", "flow-matching", "fm-then-mle"] = "mle"
+    """maximum likelihood through the solve, simulation-free flow matching, or flow
+    matching for the first --switch-step steps and maximum likelihood after them"""
+    switch_step: int = 400
+    """with --objective fm-then-mle: the step at which maximum likelihood takes over"""
     kinetic_energy_weight: Annotated[float, tyro.conf.arg(name="kinetic-energy")] = 0.0
     """RNODE weight on int |f|^2 dt (maximum likelihood only)"""
     jacobian_norm_weight: Annotated[float, tyro.conf.arg(name="jacobian-norm")] = 0.0
@@ -88,6 +95,14 @@ class Config:
     solver: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
+    loose_tol: float | None = None
+    """train at rtol = atol = loose_tol before --tight-step, then at --rtol/--atol: a young
+    model needs no tight solve (each tolerance is one more compiled step)"""
+    tight_step: int = 0
+    """with --loose-tol: the step from which training uses --rtol/--atol"""
+    eval_tol: float | None = None
+    """rtol = atol of the held-out NLL logged during training (default: --rtol/--atol);
+    make evaluate always uses its own, 1e-6"""
     adjoint: Literal["backsolve", "checkpoint"] = "backsolve"
     num_blocks: int = 1
     weight_decay: float = 1e-5
@@ -105,6 +120,12 @@ class Config:
     max_failures: int = 10
     """stop after this many consecutive failed steps (non-finite loss or failed solve)"""
     pictures: bool = True
+    count_backward: bool = True
+    """count the backward solve's field evaluations (logged as nfe_backward); the count is a
+    host callback, which keeps the compiled step out of the compilation cache"""
+    compilation_cache: str = ""
+    """directory of JAX's persistent compilation cache ("" for none): a repeated or resumed
+    run loads its compiled steps from there instead of compiling them again"""
 
     def validate(self) -> Config:
         """Raise ValueError naming each bad option (and the valid choices); return self.
@@ -125,22 +146,33 @@ class Config:
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
         if self.dequantize and not self.data:
             problems.append("--dequantize goes with --data (the digits are always dequantised)")
-        if self.objective == "flow-matching":
+        if self.objective in ("flow-matching", "fm-then-mle"):
             if self.learn_t1 or self.num_blocks != 1:
-                problems.append("flow-matching trains one block with a fixed end time")
+                problems.append(f"{self.objective} trains one block with a fixed end time")
+        if self.objective == "flow-matching":
             if self.kinetic_energy_weight or self.jacobian_norm_weight or self.t1_penalty_weight:
                 problems.append(
                     "kinetic_energy, jacobian_norm and t1_penalty apply to --objective mle"
                 )
         if self.t1_penalty_weight and not self.learn_t1:
             problems.append("t1_penalty needs --learn-t1")
+        if self.objective == "fm-then-mle" and not 0 <= self.switch_step < self.iters:
+            problems.append(
+                f"switch_step must be in [0, iters) with fm-then-mle, got {self.switch_step}"
+            )
+        if self.loose_tol is None and self.tight_step:
+            problems.append("--tight-step goes with --loose-tol")
+        if self.loose_tol is not None and not 0 <= self.tight_step <= self.iters:
+            problems.append(f"tight_step must be in [0, iters], got {self.tight_step}")
         # The loop's own settings, which no object checks.
         counts = ("iters", "batch_size", "num_blocks", "eval_every", "ckpt_every", "keep")
+        if not 0 <= self.warmup_steps < self.iters:
+            problems.append(f"warmup_steps must be in [0, iters), got {self.warmup_steps}")
         for name in (*counts, "eval_size", "log_every", "max_failures"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "rtol", "atol"):
-            if not getattr(self, name) > 0:
+        for name in ("lr", "rtol", "atol", "loose_tol", "eval_tol"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             problems.append("weight_decay and grad_clip must be non-negative")
@@ -177,8 +209,41 @@ class Config:
         return cls.from_json((Path(run_dir) / "config.json").read_text())
 
 
+# Named starting points for a Config: "default" is Config() itself; "ffjord" is FFJORD's
+# recipe as cnfax trained it before the time-to-NLL work (docs/benchmark.md): maximum
+# likelihood at 1e-5 throughout, a constant learning rate, backward evaluations counted,
+# no compilation cache.
+RECIPES = {
+    "default": {},
+    "ffjord": dict(
+        objective="mle",
+        iters=1500,
+        batch_size=256,
+        lr=3e-3,
+        lr_schedule="constant",
+        warmup_steps=0,
+        rtol=1e-5,
+        atol=1e-5,
+        loose_tol=None,
+        tight_step=0,
+        eval_tol=None,
+        count_backward=True,
+        compilation_cache="",
+    ),
+}
+
+
+def recipe(name: str, **changes) -> Config:
+    """The Config of a named recipe (:data:`RECIPES`), with ``changes`` on top."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe {name!r} (choose from {sorted(RECIPES)})")
+    return dataclasses.replace(Config(), **{**RECIPES[name], **changes})
+
+
 def build_flow(config: Config, dim: int) -> CNF:
-    """The CNF a config describes, for training (its trace, throw=False, counting on)."""
+    """The CNF a config describes, for training (its trace, throw=False, backward counting
+    as configured); its tolerance is --rtol/--atol (:func:`training_tolerance` gives the
+    one a step trains at)."""
     rngs = nnx.Rngs(config.seed)
     fields = [
         ConcatSquashMLP(dim, config.hidden, activation=config.activation, rngs=rngs)
@@ -194,8 +259,16 @@ def build_flow(config: Config, dim: int) -> CNF:
         adjoint=ADJOINTS[config.adjoint](),
         max_steps=config.max_steps,
         throw=False,  # a failed solve is a NaN loss, and the step is skipped
-        count_backward=True,
+        count_backward=config.count_backward,
     )
+
+
+def training_tolerance(config: Config, step: int) -> tuple[float, float]:
+    """(rtol, atol) of the solves of training step ``step`` (0-based): --loose-tol before
+    --tight-step, then --rtol/--atol. A pure function of the step, so resume is exact."""
+    if config.loose_tol is not None and step < config.tight_step:
+        return config.loose_tol, config.loose_tol
+    return config.rtol, config.atol
 
 
 def build_dataset(config: Config) -> Dataset:
@@ -218,18 +291,38 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
     and stops the run after ``max_failures`` in a row, so the wrapper's own limit (after
     which it would apply non-finite updates) is never reached."""
     parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
-    parts.append(optax.adamw(config.lr, weight_decay=config.weight_decay))
+    parts.append(optax.adamw(learning_rate(config), weight_decay=config.weight_decay))
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
 
 
-def build_objective(config: Config) -> MaximumLikelihood | FlowMatching:
-    """The training objective a config names (see :mod:`cnfax.objectives`)."""
-    if config.objective == "flow-matching":
-        return FlowMatching(sigma_min=config.sigma_min, coupling=config.coupling)
-    if config.objective == "mle":
+def learning_rate(config: Config) -> float | optax.Schedule:
+    """--lr, or its schedule: a function of the count of applied updates, which the
+    optimizer's state holds (and checkpoints), so a resumed run continues it exactly. The
+    count is the step unless steps were rejected (a rejected step applies no update)."""
+    if config.lr_schedule == "constant" and not config.warmup_steps:
+        return config.lr  # a float keeps the optimizer state of runs saved before schedules
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, config.warmup_steps, max(config.iters, config.warmup_steps + 1)
+        )
+    return optax.linear_schedule(0.0, config.lr, config.warmup_steps)
+
+
+def build_objective(config: Config, step: int | None = None) -> MaximumLikelihood | FlowMatching:
+    """The training objective of step ``step`` (see :mod:`cnfax.objectives`): with
+    fm-then-mle, flow matching before --switch-step and maximum likelihood from it (also
+    for ``step=None``, after checking the flow-matching options). A pure function of the
+    step, so resume is exact."""
+    if config.objective in ("flow-matching", "fm-then-mle"):
+        matching = FlowMatching(sigma_min=config.sigma_min, coupling=config.coupling)
+        if config.objective == "flow-matching" or (step is not None and step < config.switch_step):
+            return matching
+    if config.objective in ("mle", "fm-then-mle"):
         return MaximumLikelihood(
             kinetic_energy_weight=config.kinetic_energy_weight,
             jacobian_norm_weight=config.jacobian_norm_weight,
             t1_penalty_weight=config.t1_penalty_weight,
         )
-    raise ValueError(f"objective {config.objective!r} (choose from ['mle', 'flow-matching'])")
+    raise ValueError(
+        f"objective {config.objective!r} (choose from ['mle', 'flow-matching', 'fm-then-mle'])"
+    )
