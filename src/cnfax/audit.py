@@ -38,13 +38,14 @@ class AuditReport:
     worst_round_trip: float
     worst_log_density: float
     examples: int
+    batch: int = BATCH  # points per example
 
     def summary(self) -> str:
         return (
             f"audit: worst round trip {self.worst_round_trip:.2e} (threshold "
             f"{ROUND_TRIP_THRESHOLD:.0e}), worst log-density mismatch "
             f"{self.worst_log_density:.2e} nats (threshold {LOG_DENSITY_THRESHOLD:.0e}), "
-            f"{self.examples} batches of {BATCH}"
+            f"{self.examples} batches of {self.batch}"
         )
 
 
@@ -114,4 +115,4 @@ def audit_conditional(flow: CNF, x: np.ndarray, condition: np.ndarray, rows: int
     mismatch = float(jnp.max(jnp.abs(flow.log_prob(x_from_z, condition=y) - carried)))
     assert round_trip <= ROUND_TRIP_THRESHOLD, f"round trip error {round_trip:.2e}"
     assert mismatch <= LOG_DENSITY_THRESHOLD, f"log-density mismatch {mismatch:.2e}"
-    return AuditReport(round_trip, mismatch, 1)
+    return AuditReport(round_trip, mismatch, 1, len(x))
