@@ -19,6 +19,7 @@ from flax import nnx
 
 from cnfax.augmented import SolveOptions
 from cnfax.data.dataset import Dataset, make_dataset
+from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.fields import ACTIVATIONS, ConcatSquashMLP, check_widths
 from cnfax.flow import CNF
@@ -37,10 +38,18 @@ ADJOINTS = {
     "backsolve": diffrax.BacksolveAdjoint,
     "checkpoint": diffrax.RecursiveCheckpointAdjoint,
 }
-DATASETS = [*TOY_DATASETS, "digits", "tabular"]
+DATASETS = [*TOY_DATASETS, "digits", "tabular", *SBI_TASKS]
 _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 # Options that change the model's parameters: a run directory must be resumed with the same.
-MODEL_FIELDS = ("dataset", "hidden", "activation", "num_blocks", "learn_t1")
+MODEL_FIELDS = (
+    "dataset",
+    "hidden",
+    "activation",
+    "num_blocks",
+    "learn_t1",
+    "conditional",
+    "condition_columns",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,13 @@ class Config:
     dequantize: bool = False
     """with --data: add uniform noise U[0, 1) to integer-valued columns (counts, categories),
     whose likelihood is otherwise unbounded; the model is then a density of x + u"""
+    condition_columns: tuple[str, ...] = ()
+    """with --data: columns (header names or 0-based indices) to condition on; the model is
+    p(other columns | these)"""
+    conditional: bool = False
+    """with --dataset digits: model p(image | label), the label one-hot"""
+    simulations: int = 10_000
+    """with an sbi-* dataset: simulated (theta, x) pairs to learn p(theta | x) from"""
     iters: int = 1500
     """training iterations"""
     batch_size: int = 256
@@ -144,6 +160,17 @@ class Config:
                 problems.append(f"{name} {getattr(self, name)!r} (choose from {sorted(table)})")
         if (self.dataset == "tabular") != bool(self.data):
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
+        if self.condition_columns and not self.data:
+            problems.append("--condition-columns goes with --data")
+        if self.conditional and self.dataset != "digits":
+            problems.append("--conditional goes with --dataset digits (p(image | label))")
+        if self.simulations < 10:
+            problems.append(f"simulations must be at least 10, got {self.simulations}")
+        if self.is_conditional and self.coupling == "ot" and self.objective != "mle":
+            problems.append(
+                "coupling 'ot' cannot take a condition: minibatch OT pairs ignore y and bias "
+                "the base distribution given y; use --coupling independent"
+            )
         if self.dequantize and not self.data:
             problems.append("--dequantize goes with --data (the digits are always dequantised)")
         if self.objective in ("flow-matching", "fm-then-mle"):
@@ -192,6 +219,11 @@ class Config:
             raise ValueError("invalid config: " + "; ".join(problems))
         return self
 
+    @property
+    def is_conditional(self) -> bool:
+        """Whether the data comes with conditions (the flow models p(x | y))."""
+        return bool(self.condition_columns) or self.conditional or self.dataset in SBI_TASKS
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
@@ -199,6 +231,7 @@ class Config:
     def from_json(cls, text: str) -> Config:
         raw = json.loads(text)
         raw["hidden"] = tuple(raw["hidden"])
+        raw["condition_columns"] = tuple(raw.get("condition_columns", ()))
         for old in _RENAMED:  # runs saved before the weights were named as weights
             if old in raw:
                 raw[f"{old}_weight"] = raw.pop(old)
@@ -240,13 +273,19 @@ def recipe(name: str, **changes) -> Config:
     return dataclasses.replace(Config(), **{**RECIPES[name], **changes})
 
 
-def build_flow(config: Config, dim: int) -> CNF:
+def build_flow(config: Config, dim: int, condition_dim: int = 0) -> CNF:
     """The CNF a config describes, for training (its trace, throw=False, backward counting
     as configured); its tolerance is --rtol/--atol (:func:`training_tolerance` gives the
     one a step trains at)."""
     rngs = nnx.Rngs(config.seed)
     fields = [
-        ConcatSquashMLP(dim, config.hidden, activation=config.activation, rngs=rngs)
+        ConcatSquashMLP(
+            dim,
+            config.hidden,
+            activation=config.activation,
+            condition_dim=condition_dim,
+            rngs=rngs,
+        )
         for _ in range(config.num_blocks)
     ]
     return CNF(
@@ -273,7 +312,15 @@ def training_tolerance(config: Config, step: int) -> tuple[float, float]:
 
 def build_dataset(config: Config) -> Dataset:
     """The data a config names, with its preprocessing (unusable data: DataError)."""
-    return make_dataset(config.dataset, config.seed, config.data, config.dequantize)
+    return make_dataset(
+        config.dataset,
+        config.seed,
+        config.data,
+        config.dequantize,
+        condition_columns=config.condition_columns,
+        simulations=config.simulations,
+        conditional=config.conditional,
+    )
 
 
 def build_trace(config: Config) -> Exact | Hutchinson:

@@ -168,7 +168,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         (run_dir / CONFIG).write_text(config.to_json())
 
     enable_compilation_cache(config.compilation_cache)
-    flow = build_flow(config, dataset.dim)
+    flow = build_flow(config, dataset.dim, getattr(dataset, "condition_dim", 0))
     optimizer = nnx.Optimizer(flow, build_optimizer(config), wrt=nnx.Param)
     # A failed evaluation solve is a NaN in the metrics, not the end of the run.
     evaluator = evaluation_flow(flow, tol=config.eval_tol, throw=False)
