@@ -72,6 +72,9 @@ def test_fm_then_mle_switches_at_its_step_and_resumes_exactly_across_the_switch(
     """Flow matching for steps 1-6, maximum likelihood at the loose tolerance for 7-12 and
     at the tight one for 13-16: one compiled step each, all of them in the compilation
     cache (no host callback), and a run interrupted before the switch ends equal."""
+    # Earlier tests may have compiled the same steps in this process; in-memory hits would
+    # never reach the persistent cache, so start from empty in-memory caches.
+    jax.clear_caches()
     cache = tmp_path / "cache"
     config = Config(
         **dict(SMALL_TRAINING, eval_every=8, ckpt_every=8, log_every=1),
