@@ -33,6 +33,13 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) experiments/evaluate.py $(ARGS)
 
+# Every `make train` / `make evaluate` command of README.md and docs/*.md, run for 3 steps
+# in a temporary directory (tests/test_documented_commands.py; `make test` only parses and
+# validates them). Run it before changing the docs' commands or releasing them.
+.PHONY: docs-commands
+docs-commands: $(STAMP)
+	CNFAX_DOCS_COMMANDS=1 $(PY) -m pytest tests/test_documented_commands.py $(PYTEST_ARGS)
+
 # make bench (quick, < 10 min on 2 CPU cores) or make bench ARGS=--full
 .PHONY: bench
 bench: $(STAMP)

@@ -46,9 +46,11 @@ import optax
 from flax import nnx
 
 import cnfax
-from cnfax.augmented import INVERSE, AugmentedField
-from cnfax.config import Config, build_dataset, build_flow, build_optimizer, recipe
+from cnfax.core.augmented import INVERSE, AugmentedField
 from cnfax.parallel import data_mesh, replicate, shard_batch
+from cnfax.run.builders import build_dataset, build_optimizer
+from cnfax.run.config import Config, recipe
+from cnfax.run.model import build_flow
 from cnfax.train import train_step as cnfax_train_step
 
 HERE = Path(__file__).resolve().parent
@@ -267,9 +269,10 @@ def nll_curve(rows: list[dict], launched: float) -> list[tuple[int, float, float
     A row's clock is read after its evaluation, so that evaluation is subtracted too."""
     curve, evaluating = [], 0.0
     for row in rows:
-        if "test_nll" in row:
+        nll = row.get("validation_nll", row.get("test_nll"))  # test_nll: runs before the rename
+        if nll is not None:
             evaluating += row["eval_seconds"]
-            curve.append((row["step"], row["unix_time"] - launched - evaluating, row["test_nll"]))
+            curve.append((row["step"], row["unix_time"] - launched - evaluating, nll))
     return curve
 
 

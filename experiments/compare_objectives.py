@@ -22,8 +22,8 @@ from pathlib import Path
 
 import tyro
 
-from cnfax.config import Config
 from cnfax.evaluation import EvalArgs, evaluate_run
+from cnfax.run.config import Config
 from cnfax.train import train
 
 MARGIN = 0.05  # nats
@@ -70,9 +70,11 @@ def training_curve(run_dir: str) -> list[tuple[float, float, int]]:
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     curve, evaluating = [], 0.0
     for row in rows:
-        if "test_nll" in row:
+        if "validation_nll" in row:
             evaluating += row["eval_seconds"]
-            curve.append((row["wall_time"] - evaluating, row["test_nll"], row["test_nfe"]))
+            curve.append(
+                (row["wall_time"] - evaluating, row["validation_nll"], row["validation_nfe"])
+            )
     return curve
 
 

@@ -32,7 +32,7 @@ def trained_run(tmp_path_factory):
     train it further (copy it first)."""
     from helpers import SMALL_TRAINING
 
-    from cnfax.config import Config
+    from cnfax.run.config import Config
     from cnfax.train import train
 
     run_dir = tmp_path_factory.mktemp("run")

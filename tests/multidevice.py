@@ -15,10 +15,10 @@ import numpy as np
 from flax import nnx
 
 import cnfax
-from cnfax.config import Config
 from cnfax.evaluation import held_out_nll
 from cnfax.objectives import MaximumLikelihood
 from cnfax.parallel import data_mesh, data_parallel_loss_and_grad, shard_batch
+from cnfax.run.config import Config
 from cnfax.train import train
 
 

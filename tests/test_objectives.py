@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import cnfax
-from cnfax.config import Config, build_flow
 from cnfax.data.toy import held_out_set
 from cnfax.evaluation import evaluation_flow, held_out_nll
 from cnfax.objectives import FlowMatching, MaximumLikelihood, optimal_transport_pairs
-from cnfax.run import restore_flow
+from cnfax.run.config import Config
+from cnfax.run.directory import restore_flow
+from cnfax.run.model import build_flow
 from cnfax.train import train
 
 TIGHT = diffrax.PIDController(rtol=1e-9, atol=1e-9)

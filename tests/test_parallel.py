@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 import cnfax
-from cnfax.config import Config
+from cnfax.run.config import Config
 from cnfax.train import train
 
 FOUR_DEVICES = dict(
@@ -57,7 +57,7 @@ def test_make_train_on_four_devices_runs_to_the_end_then_resumes_and_loads_on_on
     assert evaluation["worst_round_trip"] <= 1e-3
     assert (run_dir / "panels.png").stat().st_size > 10_000
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    nlls = [r["test_nll"] for r in rows if "test_nll" in r]
+    nlls = [r["validation_nll"] for r in rows if "validation_nll" in r]
     assert all(r["devices"] == 4 for r in rows) and nlls[-1] < nlls[0] - 0.1, nlls
 
     assert jax.device_count() == 1
@@ -68,5 +68,5 @@ def test_make_train_on_four_devices_runs_to_the_end_then_resumes_and_loads_on_on
     assert model.step == 25
     assert np.all(np.isfinite(np.asarray(model.log_prob(np.zeros((3, 2), np.float32)))))
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows if "test_nll" in r]
+    steps = [r["step"] for r in rows if "validation_nll" in r]
     assert steps == [10, 20, 25], "steps 1-20 must not be re-run after the resume"

@@ -34,9 +34,9 @@ import numpy as np
 from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
-from cnfax.flow import CNF
-from cnfax.inputs import check_condition
-from cnfax.stats import SolveStats
+from cnfax.core.checks import check_condition
+from cnfax.core.flow import CNF
+from cnfax.core.stats import SolveStats
 
 Array = jax.Array
 
@@ -127,6 +127,11 @@ class FlowMatching:
 
     Args:
         sigma_min: width of the path's end around each data point.
+        time_exponent: alpha in the density of tau, p(tau) = (1 + alpha) tau^alpha on
+            [0, 1] (tau = u^(1 / (1 + alpha)), u ~ U[0, 1]): 0 is uniform; alpha > 0 puts
+            more pairs near the data end tau = 1, as FMPE does (Dax et al. 2023; sbi's
+            ``time_prior_exponent``). The minimiser is the same field for any alpha: each
+            tau's loss is still minimised by the marginal field.
         coupling: "independent" pairs (Lipman) or "ot": minibatch optimal-transport pairs
             (Tong et al.'s OT-CFM), which straighten the paths. "ot" is refused with a
             condition: the pairing ignores y, so base points are matched to data across
@@ -136,15 +141,27 @@ class FlowMatching:
 
     sigma_min: float = 1e-4
     coupling: Literal["independent", "ot"] = "independent"
+    time_exponent: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.sigma_min < 1:
             raise ValueError(f"sigma_min must be in [0, 1), got {self.sigma_min!r}")
         if self.coupling not in ("independent", "ot"):
             raise ValueError(f"coupling must be 'independent' or 'ot', got {self.coupling!r}")
+        if not self.time_exponent > -1:
+            raise ValueError(f"time_exponent must be above -1, got {self.time_exponent!r}")
 
-    def _refuse_ot_with(self, condition) -> None:
-        if condition is not None and self.coupling == "ot":
+    def check_model(self, num_blocks: int, conditional: bool, learn_t1: bool = False) -> None:
+        """Refuse a model that flow matching cannot train: several blocks or a learned end
+        time (the path has one fixed time axis), or OT pairs with a condition."""
+        if num_blocks != 1 or learn_t1:
+            raise ValueError(
+                "flow matching trains a single-block CNF (num_blocks=1) with a fixed end time"
+            )
+        self._refuse_ot_with(conditional)
+
+    def _refuse_ot_with(self, conditional: bool) -> None:
+        if conditional and self.coupling == "ot":
             raise ValueError(
                 "flow matching with coupling='ot' cannot take a condition: minibatch OT "
                 "pairs ignore y, matching noise to data of other conditions, which biases "
@@ -156,7 +173,7 @@ class FlowMatching:
         """Pairs (x0, x1) as an array (n, 2, d), x0 drawn from the base distribution;
         for a conditional batch, ``{"x": pairs, "condition": y}``."""
         data, condition = batch_parts(data)
-        self._refuse_ot_with(condition)
+        self._refuse_ot_with(condition is not None)
         base = rng.standard_normal(data.shape).astype(data.dtype)
         if self.coupling == "ot":
             base = optimal_transport_pairs(base, data)
@@ -164,13 +181,13 @@ class FlowMatching:
         return pairs if condition is None else conditional_batch(pairs, condition)
 
     def __call__(self, flow: CNF, batch, key: Array):
-        if flow.num_blocks != 1:
-            raise ValueError("flow matching trains a single-block CNF (num_blocks=1)")
         pairs, condition = batch_parts(batch)
-        self._refuse_ot_with(condition)
+        self.check_model(flow.num_blocks, condition is not None, flow.learn_t1)
         condition = check_condition(condition, flow.condition_dim, pairs.shape[:1])
         x0, x1 = pairs[:, 0], pairs[:, 1]
         tau = jax.random.uniform(key, (x1.shape[0], 1), x1.dtype)
+        if self.time_exponent:
+            tau = tau ** (1 / (1 + self.time_exponent))
         x_tau = (1 - (1 - self.sigma_min) * tau) * x0 + tau * x1
         target = x1 - (1 - self.sigma_min) * x0
         end_time = flow.end_times[0].astype(x1.dtype)

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cnfax.stats import SolveStats
+from cnfax.core.stats import SolveStats
 
 DATA = "data"
 

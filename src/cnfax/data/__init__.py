@@ -1,4 +1,6 @@
-"""Data: FFJORD's 2-D toy densities."""
+"""Data: FFJORD's 2-D toy densities, the digits, users' tables and the simulation-based
+inference tasks (:mod:`~cnfax.data.dataset` puts them behind one interface), and the
+preprocessing maps with their log-determinants (:mod:`~cnfax.data.preprocess`)."""
 
 from cnfax.data.toy import TOY_DATASETS, held_out_set, sample_toy, train_batch
 

@@ -34,7 +34,6 @@ from cnfax.data.preprocess import (
 from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.tabular import MIN_ROWS, DataError, check_columns, load_table
 
-SPLITS = ("train", "validation", "test")
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -46,6 +45,16 @@ class Dataset(abc.ABC):
     dim: int
     preprocessing: Preprocessing
     seed: int
+    finite: bool  # a finite sample split once (SplitDataset), or an infinite stream
+
+    @property
+    def condition_dim(self) -> int:
+        """Width of the raw condition y of conditional data (p(x | y)); 0 otherwise."""
+        return 0
+
+    @abc.abstractmethod
+    def raw(self, split: str) -> np.ndarray:
+        """A split's rows in data units, before any preprocessing."""
 
     @abc.abstractmethod
     def train_batch(self, step: int, n: int) -> np.ndarray:
@@ -64,18 +73,26 @@ class Dataset(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class ToyStream(Dataset):
-    """An infinite stream of a 2-D toy density; the held-out set is its own stream."""
+    """An infinite stream of a 2-D toy density; validation and test are two more streams,
+    disjoint from training's and from each other."""
 
     name: str
     seed: int
     dim: int = 2
     preprocessing: Preprocessing = Identity()
+    finite = False
+    held_out_size = 10_000  # points of raw(split)
+
+    def raw(self, split):
+        if split == "train":
+            raise ValueError("a toy density's training data is a stream, not a split")
+        return toy.held_out_set(self.name, self.seed, self.held_out_size, split)
 
     def train_batch(self, step, n):
         return toy.train_batch(self.name, self.seed, step, n)
 
     def held_out(self, split, size=None):
-        points = toy.held_out_set(self.name, self.seed, size)
+        points = toy.held_out_set(self.name, self.seed, size or self.held_out_size, split)
         return points, np.zeros(len(points), np.float32)
 
 
@@ -92,6 +109,7 @@ class SplitDataset(Dataset):
     # and their map to the flow's condition space (no log-determinant: y is given).
     conditions: dict[str, np.ndarray] | None = None
     condition_preprocessing: Preprocessing = Identity()
+    finite = True
 
     @property
     def condition_dim(self) -> int:

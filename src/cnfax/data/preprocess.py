@@ -244,9 +244,10 @@ def find_step(preprocessing: Preprocessing, kind: type[Preprocessing]) -> Prepro
     return next((step for step in steps if isinstance(step, kind)), None)
 
 
-def dequantize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Uniform dequantisation v = x + u, u ~ U[0, 1)^D, of integer-valued data."""
-    return Dequantize().randomize(np.asarray(x, np.float64), rng)
+def to_data_units(flow_log_prob, log_det):
+    """The change of variables of a preprocessing g: a flow models y = g(x), so
+    log p_x(x) = log p_flow(g(x)) + log |det dg/dx|, per point."""
+    return flow_log_prob + log_det
 
 
 def bits_per_dim(nll_nats: float, dim: int) -> float:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_TRAIN_STREAM, _TEST_STREAM = 0, 1
+# The test stream keeps its old number, so test NLLs stay comparable with earlier runs.
+_STREAMS = {"train": 0, "test": 1, "validation": 2}
 
 
 def _eight_gaussians(rng, n):
@@ -105,9 +106,12 @@ def sample_toy(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
 
 def train_batch(name: str, seed: int, index: int, n: int) -> np.ndarray:
     """Training batch number ``index``: a pure function of (name, seed, index, n)."""
-    return sample_toy(name, np.random.default_rng([seed, _TRAIN_STREAM, index]), n)
+    return sample_toy(name, np.random.default_rng([seed, _STREAMS["train"], index]), n)
 
 
-def held_out_set(name: str, seed: int, n: int) -> np.ndarray:
-    """Held-out points from a stream that no training batch uses."""
-    return sample_toy(name, np.random.default_rng([seed, _TEST_STREAM]), n)
+def held_out_set(name: str, seed: int, n: int, split: str = "test") -> np.ndarray:
+    """Held-out points of ``split`` ("validation" or "test"): each split is its own stream,
+    which no training batch and no other split uses."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"held-out split must be 'validation' or 'test', got {split!r}")
+    return sample_toy(name, np.random.default_rng([seed, _STREAMS[split]]), n)

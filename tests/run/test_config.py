@@ -1,0 +1,88 @@
+"""The experiment's config: every bad option is named before anything compiles, cross-field
+rules and the objects' own checks alike; CLI flags keep their names; old runs still load."""
+
+import dataclasses
+import json
+
+import pytest
+import tyro
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnfax.run.config import Config
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(dataset="spirals"), "dataset 'spirals'.*8gaussians"),
+        (dict(solver="rk45"), "solver 'rk45'.*dopri5"),
+        (dict(rtol=0.0), "rtol must be positive"),
+        (dict(batch_size=0), "batch_size must be positive"),
+        (dict(t1=-1.0), "t1 must be a positive"),
+        (dict(objective="flow-matching", learn_t1=True), "fixed end time"),
+        (dict(objective="flow-matching", kinetic_energy_weight=0.1), "apply to --objective mle"),
+        (dict(kinetic_energy_weight=-1.0), "kinetic_energy_weight must be non-negative"),
+        (dict(t1_penalty_weight=0.1), "t1_penalty needs --learn-t1"),
+        (dict(objective="flow-matching", coupling="sinkhorn"), "coupling must be"),
+        (dict(trace="hutchinson", probes=0), "probes must be a positive integer"),
+        (dict(max_steps=0), "max_steps must be a positive integer"),
+        (dict(hidden=(8, 0)), "hidden widths must be positive"),
+    ],
+)
+def test_bad_configs_are_refused_before_anything_compiles(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(Config(), **change).validate()
+
+
+@given(
+    dataset=st.sampled_from(["8gaussians", "moons", "spiral"]),
+    solver=st.sampled_from(["dopri5", "tsit5", "rk45"]),
+    adjoint=st.sampled_from(["backsolve", "checkpoint", "direct"]),
+    rtol=st.floats(-1, 1e-3),
+    batch_size=st.integers(-2, 512),
+    t1=st.floats(-1, 2),
+)
+def test_config_validation_accepts_or_names_every_problem(
+    dataset, solver, adjoint, rtol, batch_size, t1
+):
+    config = dataclasses.replace(
+        Config(),
+        dataset=dataset,
+        solver=solver,
+        adjoint=adjoint,
+        rtol=rtol,
+        batch_size=batch_size,
+        t1=t1,
+    )
+    expected = {
+        "dataset": dataset == "spiral",
+        "solver": solver == "rk45",
+        "adjoint": adjoint == "direct",
+        "rtol": not rtol > 0,
+        "batch_size": batch_size < 1,
+        "t1": not t1 > 0,
+    }
+    try:
+        config.validate()
+    except ValueError as error:
+        named = {name for name in expected if name in str(error)}
+        assert named == {name for name, bad in expected.items() if bad}
+    else:
+        assert not any(expected.values())
+
+
+def test_weight_fields_keep_their_cli_flags():
+    config = tyro.cli(
+        Config, args=["--kinetic-energy", "0.1", "--jacobian-norm", "0.2", "--t1-penalty", "0.3"]
+    )
+    assert (config.kinetic_energy_weight, config.jacobian_norm_weight) == (0.1, 0.2)
+    assert config.t1_penalty_weight == 0.3
+
+
+def test_a_config_saved_before_the_weights_were_renamed_still_loads():
+    raw = json.loads(Config().to_json())
+    for name in ("kinetic_energy", "jacobian_norm", "t1_penalty"):
+        raw[name] = raw.pop(f"{name}_weight")
+    raw["kinetic_energy"] = 0.25
+    assert Config.from_json(json.dumps(raw)).kinetic_energy_weight == 0.25
