@@ -23,13 +23,13 @@ def _flow(seed=0, condition_dim=0):
 
 
 def test_fit_returns_the_best_epochs_ema_weights_and_leaves_the_input_alone():
-    x = _gaussian(1000)
+    x = _gaussian(600)
     flow = _flow()
     before = [np.array(a) for a in jax.tree.leaves(nnx.state(flow, nnx.Param))]  # copies
     trained, history = cnfax.fit(
-        flow, x, key=jax.random.key(0), max_epochs=6, learning_rate=3e-3, **FAST
+        flow, x, key=jax.random.key(0), max_epochs=4, learning_rate=1e-2, warmup_steps=10, **FAST
     )
-    assert history.epochs == len(history.validation_nll) == 6
+    assert history.epochs == len(history.validation_nll) == 4
     assert history.best_epoch == int(np.argmin(history.validation_nll))
     # The returned weights score the best epoch's validation NLL on the same rows: they
     # are the EMA weights that were evaluated then (raw weights, or the last epoch's,
@@ -71,15 +71,16 @@ def test_a_conditional_fit_learns_p_theta_given_x():
     """theta ~ N(0, I), x = theta + 0.3 noise: the posterior is narrow, so a model of
     p(theta | x) scores far better than the prior's entropy (2.84 nats) on held-out pairs."""
     rng = np.random.default_rng(2)
-    theta = rng.normal(size=(1000, 2))
+    theta = rng.normal(size=(600, 2))
     x = theta + 0.3 * rng.normal(size=theta.shape)
     trained, history = cnfax.fit(
         _flow(2, condition_dim=2),
         theta,
         condition=x,
         key=jax.random.key(2),
-        max_epochs=8,
-        learning_rate=3e-3,
+        max_epochs=6,
+        learning_rate=1e-2,
+        warmup_steps=10,
         **FAST,
     )
     assert history.best_validation_nll < 2.84 - 1.0

@@ -163,6 +163,8 @@ def fit(
     replicate(optimizer, mesh)
     steps = Steps(flow, optimizer, mesh, callbacks=False)
     ema = EMA(flow, ema_decay)
+    # Built once: it shares the average's parameters (and a new one would compile again).
+    evaluator = evaluation_flow(ema.flow, tol=eval_tol, throw=False)
     history = FitHistory(validation_index=held_rows)
     best_state, since_best = None, 0
     started = time.perf_counter()
@@ -183,7 +185,6 @@ def fit(
                 continue
             ema.update(flow)
             losses.append(outcome.loss)
-        evaluator = evaluation_flow(ema.flow, tol=eval_tol, throw=False)
         nll, _ = held_out_nll(evaluator, validation, mesh=mesh)
         history.train_loss.append(float(np.mean(losses)) if losses else math.nan)
         history.validation_nll.append(nll)
