@@ -337,3 +337,60 @@ def test_a_short_conditional_run_trains_evaluates_and_loads(tmp_path, case):
     assert draws.shape == (4, model.dim) and np.all(np.isfinite(draws))
     with pytest.raises(ValueError, match="this CNF is conditional"):
         model.log_prob(draws)
+
+
+def test_the_ema_weights_are_evaluated_checkpointed_and_loaded(tmp_path):
+    """With --ema-decay, the checkpoint's "flow" (what load restores) is the average, the
+    trained weights sit apart, and the validation NLL logged was the average's."""
+    from cnfax.run.checkpoint import Checkpointer
+    from cnfax.scoring import evaluation_flow, held_out_nll
+
+    config = Config(
+        dataset="8gaussians",
+        iters=12,
+        field="residual",
+        activation="silu",
+        ema_decay=0.9,
+        run_dir=str(tmp_path / "ema"),
+        **dict(SMALL, eval_every=12, ckpt_every=12, hidden=(16, 16)),
+    )
+    train(config)
+    _, loaded, step = restore_flow(config.run_dir)
+    assert step == 12
+    trained = build_flow(config, 2)
+    checkpointer = Checkpointer(config.run_dir)
+    _, raw = checkpointer.restore_part("training_flow", nnx.to_pure_dict(nnx.state(trained)))
+    checkpointer.close()
+    from cnfax.run.directory import restore_into
+
+    restore_into(trained, raw)
+    gaps = [np.max(np.abs(a - b)) for a, b in zip(_params(loaded), _params(trained), strict=True)]
+    assert max(gaps) > 1e-4  # the average is not the trained weights
+    validation, log_det = cnfax.data.dataset.ToyStream("8gaussians", 0).held_out("validation", 256)
+    nll, _ = held_out_nll(evaluation_flow(loaded, tol=config.rtol), validation, log_det)
+    assert nll == pytest.approx(_rows(config.run_dir)[-1]["validation_nll"], abs=1e-4)
+
+
+def test_patience_stops_a_run_whose_validation_nll_stops_improving(tmp_path, capsys, monkeypatch):
+    """Validation NLLs 3.0, 2.5 (the best), 2.6, 2.7: with --patience 2 the run stops at
+    the fourth evaluation (step 12), and the best checkpoint is the second's (step 6)."""
+    import cnfax.train.loop as loop
+
+    scores = iter([3.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+    monkeypatch.setattr(
+        loop,
+        "_validation",
+        lambda run: {"validation_nll": next(scores), "validation_nfe": 0, "eval_seconds": 0.0},
+    )
+    config = Config(
+        dataset="8gaussians",
+        iters=200,
+        patience=2,
+        run_dir=str(tmp_path / "patient"),
+        **dict(SMALL, eval_every=3, ckpt_every=100),
+    )
+    last = train(config)
+    assert last["step"] == 12 and "stopped early at step 12" in capsys.readouterr().out
+    assert [r["step"] for r in _rows(config.run_dir) if "validation_nll" in r] == [3, 6, 9, 12]
+    assert restore_flow(config.run_dir, "best")[2] == 6
+    assert restore_flow(config.run_dir, "latest")[2] == 12

@@ -69,17 +69,20 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 continue
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", nfe=row["nfe_forward"])
             evaluate = done % config.eval_every == 0 or done == end
+            improved = False
             if evaluate:
                 row.update(_validation(run))
-                if row["validation_nll"] < best:
-                    best, since_best = row["validation_nll"], 0
-                else:
-                    since_best += 1
+                improved = row["validation_nll"] < best
+                best, since_best = (
+                    (row["validation_nll"], 0) if improved else (best, since_best + 1)
+                )
             stopping = bool(config.patience) and since_best >= config.patience
             row["wall_time"] = run.elapsed + time.perf_counter() - clock
             if evaluate or "first_call" in row or done % config.log_every == 0:
                 log.write(row)
-            if done % config.ckpt_every == 0 or done == end or stopping:
+            # With early stopping, a new best is saved when it is seen, so that it is kept.
+            keep_best = improved and bool(config.patience)
+            if done % config.ckpt_every == 0 or done == end or stopping or keep_best:
                 run.checkpoint(done, row["wall_time"], row.get("validation_nll"))
             last = row
             if stopping:
