@@ -113,5 +113,5 @@ def test_the_ffjord_recipe_is_maximum_likelihood_at_one_tolerance_without_a_cach
     assert (old.lr, old.batch_size, old.iters, old.rtol, old.atol) == (3e-3, 256, 1500, 1e-5, 1e-5)
     assert old.loose_tol is None and old.count_backward and not old.compilation_cache
     assert recipe("default") == Config()
-    with pytest.raises(ValueError, match="recipe 'fast'"):
-        recipe("fast")
+    with pytest.raises(ValueError, match="recipe 'fastest'"):
+        recipe("fastest")
