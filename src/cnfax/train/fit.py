@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from cnfax.core.checks import check_condition, check_points
 from cnfax.core.flow import CNF
 from cnfax.objectives import FlowMatching, MaximumLikelihood, conditional_batch
-from cnfax.parallel import check_divisible, data_mesh, replicate, shard_batch
+from cnfax.parallel import data_mesh, replicate, shard_batch
 from cnfax.run.builders import adamw, schedule
-from cnfax.scoring import evaluation_flow, held_out_nll
+from cnfax.scoring import evaluation_flow, held_out_nll, numpy_rng
 from cnfax.train.ema import EMA
 from cnfax.train.step import Steps
 
@@ -138,13 +138,15 @@ def fit(
     objective = FlowMatching(sigma_min=1e-3) if objective is None else objective
     if isinstance(objective, FlowMatching):
         objective.check_model(flow.num_blocks, condition is not None, flow.learn_t1)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    rng = numpy_rng(key)
     train_rows, held_rows = _split(len(x), validation_fraction, rng)
     batch_size = min(batch_size, len(train_rows))
     mesh = data_mesh()
     devices = mesh.shape["data"]
     batch_size -= batch_size % devices  # one shape that divides over the devices
-    check_divisible(max(batch_size, 1), mesh)
+    if batch_size == 0:
+        rows = len(train_rows)
+        raise ValueError(f"{rows} training rows cannot fill one batch on {devices} devices")
     steps_per_epoch = len(train_rows) // batch_size
     total = steps_per_epoch * max_epochs
 
