@@ -23,6 +23,7 @@ from cnfax.run.directory import (
 )
 from cnfax.run.model import build_flow
 from cnfax.train import train
+from cnfax.train.ema import EMA
 
 
 def _params(flow):
@@ -31,12 +32,16 @@ def _params(flow):
 
 def test_parameters_restore_without_building_an_optimizer(trained_run, monkeypatch):
     # Reference: the whole training state, restored into a flow and its optimizer.
+    # The run averages its weights (the default EMA): the loaded flow is the average.
+    assert trained_run.ema_decay > 0
     flow = build_flow(trained_run, 2)
     optimizer = nnx.Optimizer(flow, build_optimizer(trained_run), wrt=nnx.Param)
+    ema = EMA(flow, trained_run.ema_decay)
     checkpointer = Checkpointer(trained_run.run_dir)
-    step, tree = checkpointer.restore(checkpoint_tree(flow, optimizer, jax.random.key(0), 0, 0))
+    template = checkpoint_tree(flow, optimizer, jax.random.key(0), 0, 0, ema)
+    step, tree = checkpointer.restore(template)
     checkpointer.close()
-    restore_training_state(flow, optimizer, tree)
+    restore_training_state(flow, optimizer, tree, ema)
 
     def no_optimizer(*args, **kwargs):
         raise AssertionError("restoring parameters built an optimizer")
@@ -44,8 +49,11 @@ def test_parameters_restore_without_building_an_optimizer(trained_run, monkeypat
     monkeypatch.setattr(nnx, "Optimizer", no_optimizer)
     _, restored, restored_step = restore_flow(trained_run.run_dir)
     assert restored_step == step == 30
-    for a, b in zip(_params(restored), _params(flow), strict=True):
+    for a, b in zip(_params(restored), _params(ema.flow), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert any(  # and the average is not the trained weights
+        not np.array_equal(a, b) for a, b in zip(_params(restored), _params(flow), strict=True)
+    )
     assert read_data_spec(trained_run.run_dir)[0] == 2
 
 
@@ -90,6 +98,7 @@ def test_training_resumes_from_the_newest_good_checkpoint_over_a_non_finite_one(
         jax.random.key(0),
         0,
         0.0,
+        EMA(flow, config.ema_decay),
     )
     _, tree = checkpointer.restore(like)
     poisoned = jax.tree.map(

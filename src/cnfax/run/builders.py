@@ -12,6 +12,8 @@ import optax
 from cnfax.data.dataset import Dataset, make_dataset
 from cnfax.objectives import FlowMatching, MaximumLikelihood
 
+RNODE_WEIGHT = 0.01  # --kinetic-energy and --jacobian-norm when not given
+
 if TYPE_CHECKING:
     from cnfax.run.config import Config
 
@@ -91,10 +93,15 @@ def build_objective(config: Config, step: int | None = None) -> MaximumLikelihoo
             return matching
     if config.objective in ("mle", "fm-then-mle"):
         return MaximumLikelihood(
-            kinetic_energy_weight=config.kinetic_energy_weight,
-            jacobian_norm_weight=config.jacobian_norm_weight,
+            kinetic_energy_weight=_rnode_weight(config.kinetic_energy_weight),
+            jacobian_norm_weight=_rnode_weight(config.jacobian_norm_weight),
             t1_penalty_weight=config.t1_penalty_weight,
         )
     raise ValueError(
         f"objective {config.objective!r} (choose from ['mle', 'flow-matching', 'fm-then-mle'])"
     )
+
+
+def _rnode_weight(weight: float | None) -> float:
+    """An RNODE weight of the command line; None (not given) is :data:`RNODE_WEIGHT`."""
+    return RNODE_WEIGHT if weight is None else weight

@@ -52,4 +52,5 @@ def step_row(
     }
     if outcome.first_call:
         row["first_call"] = True
+        row.update(outcome.compile_seconds)
     return row

@@ -1,9 +1,11 @@
 """What a training process needs around its steps: JAX's persistent compilation cache,
-Equinox's runtime errors traced as NaNs (so that the cache can keep the steps), a one-line
-cause for a failed step, and Ctrl-C honoured between steps."""
+the time spent tracing, lowering and compiling, Equinox's runtime errors traced as NaNs
+(so that the cache can keep the steps), a one-line cause for a failed step, and Ctrl-C
+honoured between steps."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import signal
 import threading
@@ -30,6 +32,32 @@ def enable_compilation_cache(directory: str) -> None:
     # Steps compile in seconds; tiny helpers (about 0.1 s) are not worth a file each.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
     # No size limit (JAX's default): its LRU eviction fails on entries written without one.
+
+
+# JAX's own timings of a jit's first call (jax._src.dispatch), by the names cnfax logs:
+# tracing the Python function to a jaxpr, lowering it to StableHLO, and XLA's compile (or,
+# with the persistent cache, loading the executable from it).
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace_seconds",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_seconds",
+    "/jax/core/compile/backend_compile_duration": "compile_seconds",
+}
+_compile_totals: collections.Counter = collections.Counter()
+
+
+def _add_compile_time(event: str, duration: float, **_) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_totals[_COMPILE_EVENTS[event]] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_add_compile_time)
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds this process has spent tracing, lowering and compiling (or loading compiled
+    executables from the persistent cache), by stage; the difference of two calls is what
+    happened between them."""
+    return {name: _compile_totals[name] for name in _COMPILE_EVENTS.values()}
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from cnfax.core.flow import CNF
 from cnfax.core.stats import SolveStats, backward_evaluations
 from cnfax.objectives import FlowMatching, MaximumLikelihood
 from cnfax.parallel import data_parallel_loss_and_grad
-from cnfax.train.runtime import describe_failure, errors_without_callbacks
+from cnfax.train.runtime import compile_seconds, describe_failure, errors_without_callbacks
 
 
 @functools.partial(nnx.jit, static_argnames=("objective", "mesh"))
@@ -47,6 +47,8 @@ class StepOutcome:
     cause: str | None
     seconds: float
     first_call: bool  # the first call of this step function in this process: it compiled
+    compile_seconds: dict = dataclasses.field(default_factory=dict)  # of that first call:
+    # trace_seconds, lower_seconds, compile_seconds (runtime.compile_seconds)
 
 
 class Steps:
@@ -79,6 +81,7 @@ class Steps:
         first_call = (objective, tol) not in self._called
         self._called.add((objective, tol))
         backward_evaluations.reset()
+        compiled_before = compile_seconds()
         started = time.perf_counter()
         try:
             with errors_without_callbacks(not self.callbacks):
@@ -103,4 +106,7 @@ class Steps:
             self.rejected_total += 1
         seconds = time.perf_counter() - started
         metrics = {name: float(value) for name, value in metrics.items()}
-        return StepOutcome(loss, stats, metrics, cause, seconds, first_call)
+        spent = {}
+        if first_call:
+            spent = {k: v - compiled_before[k] for k, v in compile_seconds().items()}
+        return StepOutcome(loss, stats, metrics, cause, seconds, first_call, spent)
