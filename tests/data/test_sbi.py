@@ -72,3 +72,13 @@ def test_gaussian_linear_posterior_matches_importance_sampling_from_the_prior():
     assert np.isclose(
         task.reference_log_posterior(mean[None], x[0])[0], -5 * np.log(2 * np.pi * var)
     )
+
+
+def test_prior_boxes_hold_the_prior_draws():
+    """Two moons' prior U[-1, 1]^2 has that box, and every prior draw lies inside it (a
+    box one draw could leave would give it log-density -inf); Gaussian linear's prior is
+    Gaussian, on all of R^10, so it has none."""
+    box = TwoMoons().prior_box
+    assert box.bounds()[0].tolist() == [-1.0, -1.0] and box.bounds()[1].tolist() == [1.0, 1.0]
+    assert box.contains(TwoMoons().prior(np.random.default_rng(5), 10_000)).all()
+    assert GaussianLinear().prior_box is None

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from cnfax.data.preprocess import Box
+
 
 class SBITask(abc.ABC):
     """A prior, a simulator and a reference posterior; theta has ``theta_dim`` entries and
@@ -31,6 +33,12 @@ class SBITask(abc.ABC):
 
     theta_dim: int
     x_dim: int
+
+    @property
+    def prior_box(self) -> Box | None:
+        """The prior's support as a :class:`~cnfax.data.preprocess.Box` when it is a box
+        (a uniform prior), else None (a prior on all of R^d)."""
+        return None
 
     @abc.abstractmethod
     def prior(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -95,6 +103,11 @@ class TwoMoons(SBITask):
     theta_dim: int = 2
     x_dim: int = 2
     grid: int = 1000  # cells per axis of the reference grid over [-1, 1]^2
+
+    @property
+    def prior_box(self) -> Box:
+        """U[-1, 1]^2's support."""
+        return Box((-1.0, -1.0), (1.0, 1.0))
 
     def prior(self, rng, n):
         return rng.uniform(-1.0, 1.0, size=(n, 2))
