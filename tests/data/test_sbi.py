@@ -2,8 +2,9 @@
 posterior agrees with an independent brute-force one (rejection ABC, importance sampling)."""
 
 import numpy as np
+import pytest
 
-from cnfax.data.sbi import GaussianLinear, TwoMoons, observations
+from cnfax.data.sbi import GaussianLinear, GaussianMixture, TwoMoons, observations
 
 
 def test_two_moons_likelihood_is_normalised_and_matches_the_simulator():
@@ -72,3 +73,64 @@ def test_gaussian_linear_posterior_matches_importance_sampling_from_the_prior():
     assert np.isclose(
         task.reference_log_posterior(mean[None], x[0])[0], -5 * np.log(2 * np.pi * var)
     )
+
+
+def test_prior_boxes_hold_the_prior_draws():
+    """Two moons' prior U[-1, 1]^2 has that box, and every prior draw lies inside it (a
+    box one draw could leave would give it log-density -inf); Gaussian linear's prior is
+    Gaussian, on all of R^10, so it has none."""
+    box = TwoMoons().prior_box
+    assert box.bounds()[0].tolist() == [-1.0, -1.0] and box.bounds()[1].tolist() == [1.0, 1.0]
+    assert box.contains(TwoMoons().prior(np.random.default_rng(5), 10_000)).all()
+    assert GaussianLinear().prior_box is None
+
+
+def test_gaussian_mixture_reference_is_normalised_and_its_sampler_matches_it():
+    """Observation near the box's edge (x_1 = 9.8, so the truncation matters: the wide
+    component keeps 58% of its mass). (1) exp(reference_log_posterior) integrates to 1
+    over [-10, 10]^2 (midpoint rule, cells 0.01: the narrow component's s = 0.1 spans 10
+    cells, error below 1e-3); (2) 100,000 exact draws: all inside the box, and their
+    mean is the density's (by the same quadrature) within 5 standard errors."""
+    task = GaussianMixture()
+    x = np.array([9.8, -3.0])
+    axis = np.arange(-10.0, 10.0, 0.01) + 0.005
+    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(task.reference_log_posterior(grid, x)) * 1e-4
+    assert abs(density.sum() - 1) < 1e-3
+    draws = task.reference_samples(x, np.random.default_rng(6), 100_000)
+    assert task.prior_box.contains(draws).all()
+    se = draws.std(0) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(0) - density @ grid) < 5 * se)
+    outside = task.reference_log_posterior(np.array([[10.5, 0.0]]), x)
+    assert outside[0] == -np.inf
+    assert task.prior_box.bounds()[1].tolist() == [10.0, 10.0]
+
+
+def test_slcp_says_it_has_no_reference_posterior():
+    """KL (and the reference as a model) refuse SLCP with NoReferencePosterior naming the
+    task, before any model call; the report marks KL unavailable."""
+    from cnfax.data.sbi import SLCP, NoReferencePosterior
+    from cnfax.evaluation.baselines import ReferencePosterior
+    from cnfax.evaluation.conditional_report import sbi_summary
+    from cnfax.evaluation.posterior_checks import kl_to_reference
+
+    with pytest.raises(NoReferencePosterior, match="SLCP has no reference posterior"):
+        kl_to_reference("sbi-slcp", model=None, observations_x=np.zeros((1, 8)))
+    with pytest.raises(NoReferencePosterior):
+        ReferencePosterior("sbi-slcp")
+    assert not SLCP.has_reference and GaussianMixture.has_reference
+    assert SLCP().prior_box.bounds()[0].tolist() == [-3.0] * 5
+    coverage = {"max_deviation": 0.04, "null_max_deviation_95": 0.08}
+    line = sbi_summary({"model": {"kl": {"unavailable": "no reference"}, "coverage": coverage}})
+    assert "KL unavailable (no reference)" in line and "0.040" in line
+
+
+def test_new_tasks_are_registered_as_datasets():
+    from cnfax.data.sbi import SBI_TASKS, SLCP
+    from cnfax.run.config import DATASETS
+
+    assert isinstance(SBI_TASKS["sbi-gaussian-mixture"], GaussianMixture)
+    assert isinstance(SBI_TASKS["sbi-slcp"], SLCP)
+    assert {"sbi-gaussian-mixture", "sbi-slcp"} <= set(DATASETS)
+    theta, x = SBI_TASKS["sbi-slcp"].joint(np.random.default_rng(0), 3)
+    assert theta.shape == (3, 5) and x.shape == (3, 8)

@@ -20,6 +20,10 @@ the uniform dequantisation noise) and refuse points outside its support
 - :class:`Logit`: FFJORD's image preprocessing for dequantised data v in [0, K)^D (K grey
   levels; v = x + u with u ~ U[0, 1)^D, see :func:`dequantize`):
   y = logit(alpha + (1 - 2 alpha) v / K).
+- :class:`Box`: a parameter with a bounded support (an SBI prior's box [lo, hi]^d) to
+  R^d, per column y = log(x - lo) - log(hi - x) = logit((x - lo) / (hi - lo)) (both bounds),
+  log(x - lo) (lower bound only), -log(hi - x) (upper only) or x (unbounded); points
+  outside the open box get log|det| = -inf, hence log-density -inf in data units.
 - :class:`Chain`: maps in sequence (the digits use Logit, then Standardize, so that an
   untrained flow starts from the diagonal Gaussian rather than from N(0, I)).
 
@@ -199,6 +203,154 @@ class Logit(Preprocessing, kind="logit"):
                 f"x{list(where)} = {x[where]:g} lies outside this model's support "
                 f"[0, {self.levels}) (dequantised {self.levels}-level data)"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class Box(Preprocessing, kind="box"):
+    """The open box prod_i (lo_i, hi_i) to R^d, column by column (None: no bound):
+
+        both bounds    y = log(x - lo) - log(hi - x) = logit((x - lo) / (hi - lo)),
+                       dy/dx = 1 / (x - lo) + 1 / (hi - x) = (hi - lo) / ((x - lo)(hi - x)),
+                       log dy/dx = log(hi - lo) - log(x - lo) - log(hi - x);
+        lower only     y = log(x - lo),       log dy/dx = -log(x - lo);
+        upper only     y = -log(hi - x),      log dy/dx = -log(hi - x);
+        neither        y = x,                 log dy/dx = 0.
+
+    The Jacobian is diagonal, so log|det dy/dx| is the sum over columns. With
+    p = (x - lo) / (hi - lo), logit p = log(x - lo) - log(hi - x) and
+    -log(hi - lo) - log p - log(1 - p) is the two-sided line above; written in x - lo and
+    hi - x, both keep their precision next to either edge.
+
+    A row with any entry outside the open box (on an edge, beyond it, or NaN) gets
+    log|det| = -inf and a finite y (each such entry replaced by a point inside its
+    column before the logs), so that its density in data units,
+    log p_flow(y) + log|det|, is -inf with no NaN and no error (:meth:`check_support`
+    accepts every point). :meth:`from_flow` clips its result into the open box, so that
+    float rounding of the sigmoid (or of exp) never lands a draw on an edge.
+
+    Compose with standardisation after it, Chain((box, Standardize.fit(logits))) (see
+    :func:`box_then_standardize`), so that the flow sees z-scored logits.
+    """
+
+    lower: tuple[float | None, ...]
+    upper: tuple[float | None, ...]
+
+    def __post_init__(self):
+        lower = tuple(_bound(v, -math.inf) for v in self.lower)
+        upper = tuple(_bound(v, math.inf) for v in self.upper)
+        if len(lower) != len(upper) or not lower:
+            raise ValueError(
+                f"a box needs one lower and one upper bound per column, got {len(lower)} "
+                f"lower and {len(upper)} upper bounds"
+            )
+        for i, (lo, hi) in enumerate(zip(lower, upper, strict=True)):
+            if lo is not None and hi is not None and not lo < hi:
+                raise ValueError(f"box column {i}: lower bound {lo:g} is not below upper {hi:g}")
+        # None for an infinite bound: the stored form (JSON has no infinity)
+        object.__setattr__(self, "lower", tuple(None if math.isinf(v) else v for v in lower))
+        object.__setattr__(self, "upper", tuple(None if math.isinf(v) else v for v in upper))
+
+    @property
+    def dim(self) -> int:
+        return len(self.lower)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) as float64 arrays, -inf / +inf where a column is unbounded."""
+        lo = np.array([-np.inf if v is None else v for v in self.lower])
+        hi = np.array([np.inf if v is None else v for v in self.upper])
+        return lo, hi
+
+    def contains(self, x) -> np.ndarray:
+        """Whether each row lies in the open box (NaN entries do not)."""
+        lo, hi = self.bounds()
+        x = np.asarray(x)
+        return np.all((x > lo) & (x < hi), axis=-1)
+
+    def _parts(self, xp, dtype):
+        lo, hi = self.bounds()
+        has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
+        lo_safe, hi_safe = np.where(has_lo, lo, 0.0), np.where(has_hi, hi, 0.0)
+        # a point inside each column, standing in for entries outside the box
+        inner = np.select(
+            [has_lo & has_hi, has_lo, has_hi], [(lo_safe + hi_safe) / 2, lo_safe + 1, hi_safe - 1]
+        )
+        log_width = float(np.sum(np.log(hi[has_lo & has_hi] - lo[has_lo & has_hi])))
+        as_xp = lambda a: xp.asarray(a, dtype)  # noqa: E731
+        return (
+            as_xp(lo),
+            as_xp(hi),
+            xp.asarray(has_lo),
+            xp.asarray(has_hi),
+            as_xp(lo_safe),
+            as_xp(hi_safe),
+            as_xp(inner),
+            log_width,
+        )
+
+    def to_flow(self, x):
+        xp = _xp(x)
+        self._check_width(x)
+        lo, hi, has_lo, has_hi, lo_s, hi_s, inner, log_width = self._parts(xp, x.dtype)
+        inside = (x > lo) & (x < hi)
+        row_inside = xp.all(inside, axis=-1)
+        x_safe = xp.where(inside, x, inner)  # no log of a non-positive number below
+        log_above = xp.where(has_lo, xp.log(xp.where(has_lo, x_safe - lo_s, 1.0)), 0.0)
+        log_below = xp.where(has_hi, xp.log(xp.where(has_hi, hi_s - x_safe, 1.0)), 0.0)
+        bounded = has_lo | has_hi
+        y = xp.where(bounded, log_above - log_below, x_safe)
+        log_det = log_width - xp.sum(log_above + log_below, axis=-1)
+        return y, xp.where(row_inside, log_det, -xp.inf).astype(x.dtype)
+
+    def from_flow(self, y):
+        xp = _xp(y)
+        self._check_width(y)
+        lo, hi, has_lo, has_hi, lo_s, hi_s, _, _ = self._parts(xp, y.dtype)
+        both = has_lo & has_hi
+        width = xp.where(both, hi_s - lo_s, 1.0)
+        with np.errstate(over="ignore"):
+            e = xp.exp(-xp.abs(y))
+            tail = width * e / (1 + e)  # width * sigmoid(-|y|), no overflow
+            two_sided = xp.where(y <= 0, lo_s + tail, hi_s - tail)
+            lower_only = lo_s + xp.exp(y)
+            upper_only = hi_s - xp.exp(-y)
+        x = xp.where(both, two_sided, xp.where(has_lo, lower_only, xp.where(has_hi, upper_only, y)))
+        lo64, hi64 = self.bounds()
+        dtype = np.dtype(y.dtype)
+        return xp.clip(x, xp.asarray(_inward(lo64, 1, dtype)), xp.asarray(_inward(hi64, -1, dtype)))
+
+    def _check_width(self, x):
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"a {self.dim}-column box got points of {x.shape[-1]} columns")
+
+
+def _inward(bound: np.ndarray, direction: int, dtype) -> np.ndarray:
+    """The representable value of ``dtype`` next to each bound on the box's side
+    (``direction`` +1 above a lower bound, -1 below an upper one); the largest finite
+    value's negative (or itself) for an infinite bound. A subnormal neighbour (of a bound
+    at 0) becomes the smallest normal number: XLA flushes subnormals to zero, which
+    would land the point on the edge."""
+    near = np.nextafter(np.asarray(bound, dtype), np.asarray(direction * np.inf, dtype))
+    tiny = np.finfo(dtype).tiny
+    return np.where((near != 0) & (np.abs(near) < tiny), direction * tiny, near).astype(dtype)
+
+
+def _bound(value, missing: float) -> float:
+    """A bound as a float (``missing``, an infinity, for None); NaN is refused."""
+    if value is None:
+        return missing
+    if math.isnan(float(value)):
+        raise ValueError("a box bound is NaN; use None (or an infinity) for no bound")
+    return float(value)
+
+
+def box_then_standardize(box: Box, train: np.ndarray) -> Chain:
+    """Box's map, then standardisation fitted on the training rows' logits (float64)."""
+    train = np.asarray(train, np.float64)
+    if not np.all(box.contains(train)):
+        row = int(np.argmin(box.contains(train)))
+        raise ValueError(f"training row {row} = {train[row].tolist()} lies outside the box")
+    y, _ = box.to_flow(train)
+    return Chain((box, Standardize.fit(y)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,6 +126,7 @@ class ReferencePosterior:
 
     def __init__(self, task: SBITask | str):
         self.task = sbi_task(task)
+        self.task.require_reference()  # SLCP: NoReferencePosterior, not a later crash
         self.dim = self.task.theta_dim
         self.condition_dim = self.task.x_dim
 

@@ -2,7 +2,8 @@
 against the reference posterior, and the digits given their labels.
 
 - SBI tasks (:mod:`cnfax.data.sbi`): for the 10 fixed observations of the run's seed, the
-  mean KL(reference || model) (:func:`cnfax.evaluation.posterior_checks.kl_to_reference`), the
+  mean KL(reference || model) (:func:`cnfax.evaluation.posterior_checks.kl_to_reference`;
+  marked unavailable for a task without a reference posterior, SLCP), the
   expected coverage over 200 (theta*, x) pairs, the same two for the conditional Gaussian
   fitted on the run's own training simulations, and pictures (two moons: posteriors next
   to the reference; coverage curves).
@@ -48,9 +49,12 @@ def sbi_report(
     baseline = ConditionalGaussian.fit(dataset.raw("train"), dataset.conditions["train"])
     report, coverages = {}, {}
     for name, candidate in (("model", model), ("conditional Gaussian", baseline)):
-        kl = kl_to_reference(task, candidate, x_obs, samples=kl_samples, seed=seed)
+        if task.has_reference:
+            kl = kl_to_reference(task, candidate, x_obs, samples=kl_samples, seed=seed).as_dict()
+        else:
+            kl = {"unavailable": f"{dataset.name} has no reference posterior in cnfax"}
         coverage = expected_coverage(task, candidate, seed, pairs=pairs, draws=draws)
-        report[name] = {"kl": kl.as_dict(), "coverage": coverage.as_dict()}
+        report[name] = {"kl": kl, "coverage": coverage.as_dict()}
         coverages[name] = coverage
     if pictures:
         if isinstance(task, TwoMoons):
@@ -70,8 +74,12 @@ def sbi_summary(report: dict) -> str:
     lines = []
     for name, part in report.items():
         kl, coverage = part["kl"], part["coverage"]
+        if "unavailable" in kl:
+            kl_text = f"KL unavailable ({kl['unavailable']})"
+        else:
+            kl_text = f"mean KL(reference || {name}) {kl['kl_mean']:.4f} nats"
         lines.append(
-            f"  {name}: mean KL(reference || {name}) {kl['kl_mean']:.4f} nats; coverage "
+            f"  {name}: {kl_text}; coverage "
             f"max deviation {coverage['max_deviation']:.3f} (calibrated models: below "
             f"{coverage['null_max_deviation_95']:.3f} in 95%)"
         )

@@ -14,7 +14,9 @@ numpy or JAX arrays. Calls are batched: the condition goes in as (rows, c), at m
 
 **KL(reference || model)** (:func:`kl_to_reference`), per observation x_o:
 
-- Monte Carlo (Gaussian linear, any task with ``reference_samples``): with theta_k drawn
+- Monte Carlo (Gaussian linear, Gaussian mixture, any task with ``reference_samples``
+  and ``has_reference``; SLCP has no reference, and KL raises
+  :class:`cnfax.data.sbi.NoReferencePosterior` for it): with theta_k drawn
   from the reference, KL = mean_k [log p(theta_k | x_o) - log q(theta_k | x_o)], standard
   error std_k / sqrt(samples). For small differences Var[log p - log q] ~ 2 KL, so at
   KL = 0.05 and 1,000 samples the standard error is about 0.01 nats.
@@ -68,7 +70,8 @@ TAIL = 1e-6  # reference mass left out of the two moons' grid KL
 
 
 def sbi_task(task: SBITask | str) -> SBITask:
-    """A task, or the task of a dataset name ("sbi-two-moons", "sbi-gaussian-linear")."""
+    """A task, or the task of a dataset name (a key of SBI_TASKS: "sbi-two-moons",
+    "sbi-gaussian-linear", "sbi-gaussian-mixture", "sbi-slcp")."""
     if isinstance(task, str):
         if task not in SBI_TASKS:
             raise ValueError(f"unknown SBI task {task!r}; known: {sorted(SBI_TASKS)}")
@@ -142,8 +145,11 @@ def kl_to_reference(
     ``method``: "grid" (default for tasks with ``posterior_grid``, i.e. two moons) or
     "monte carlo" (default otherwise) with ``samples`` reference draws per observation
     from the stream (seed); ``tail``: reference mass the grid may leave out. All model
-    evaluations go through one batched pass (module docstring)."""
+    evaluations go through one batched pass (module docstring). A task without a
+    reference posterior (``has_reference`` False: SLCP) raises
+    :class:`cnfax.data.sbi.NoReferencePosterior` before any model evaluation."""
     task = sbi_task(task)
+    task.require_reference()
     xs = as_rows(observations_x, task.x_dim, "observations_x")
     method = method or ("grid" if hasattr(task, "posterior_grid") else "monte carlo")
     if method == "grid":
