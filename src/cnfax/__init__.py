@@ -29,6 +29,7 @@ from cnfax.objectives import (
     conditional_batch,
     optimal_transport_pairs,
 )
+from cnfax.variational import ReverseKL
 
 try:
     __version__ = version("cnfax")
@@ -76,6 +77,7 @@ __all__ = [
     "MaximumLikelihood",
     "Regularizers",
     "ResidualField",
+    "ReverseKL",
     "SolveStats",
     "TraceEstimator",
     "TrainedModel",
