@@ -29,6 +29,7 @@ from cnfax.objectives import (
     conditional_batch,
     optimal_transport_pairs,
 )
+from cnfax.variational import ReverseKL
 
 try:
     __version__ = version("cnfax")
@@ -45,10 +46,11 @@ def load(run_dir, which: str = "best"):
     return load_trained(run_dir, which)
 
 
-def fit(flow, x, **options):
-    """Train a copy of ``flow`` on the rows of ``x`` (``condition=`` for p(x | y)) and
-    return ``(trained flow, history)``: :func:`cnfax.train.fit.fit`, which documents the
-    options. Imported on first use: it brings in Optax and the training steps."""
+def fit(flow, x=None, **options):
+    """Train a copy of ``flow`` on the rows of ``x`` (``condition=`` for p(x | y)), or
+    to an unnormalised density ``target=`` log p~ by variational inference, and return
+    ``(trained flow, history)``: :func:`cnfax.train.fit.fit`, whose two paths document
+    the options. Imported on first use: it brings in Optax and the training steps."""
     from cnfax.train.fit import fit as fit_arrays
 
     return fit_arrays(flow, x, **options)
@@ -76,6 +78,7 @@ __all__ = [
     "MaximumLikelihood",
     "Regularizers",
     "ResidualField",
+    "ReverseKL",
     "SolveStats",
     "TraceEstimator",
     "TrainedModel",

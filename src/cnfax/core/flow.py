@@ -308,9 +308,24 @@ class CNF(nnx.Module):
     ) -> tuple[Array, Array]:
         """Map base points to data space and carry their log-density along the same solve:
         log p(x) = log N(z) - integral of tr(df/dz) dt."""
+        x, logp, _ = self.forward_log_prob_and_stats(z, key=key, condition=condition)
+        return x, logp
+
+    def forward_log_prob_and_stats(
+        self, z: Array, *, key: Array | None = None, condition: Array | None = None
+    ) -> tuple[Array, Array, SolveStats]:
+        """:meth:`forward_and_log_prob` and the statistics of its (forward) solve."""
         z, h = self._inputs(z, "z", condition)
-        x, dlogp, _, _ = self._transform(z, FORWARD, key=key, with_logp=True, condition=h)
-        return x, standard_normal_log_prob(z) + dlogp
+        x, dlogp, _, solve_stats = self._transform(z, FORWARD, key=key, with_logp=True, condition=h)
+        return x, standard_normal_log_prob(z) + dlogp, solve_stats
+
+    def forward_and_stats(
+        self, z: Array, *, condition: Array | None = None
+    ) -> tuple[Array, SolveStats]:
+        """:meth:`forward` (no log-density) and the statistics of its solve."""
+        z, h = self._inputs(z, "z", condition)
+        x, _, _, solve_stats = self._transform(z, FORWARD, with_logp=False, condition=h)
+        return x, solve_stats
 
     def sample_and_log_prob(
         self, key: Array, n: int, dtype=None, *, condition: Array | None = None

@@ -3,6 +3,10 @@ weights, warm-up and cosine decay, gradient clipping and early stopping.
 
     flow, history = cnfax.fit(flow, x, key=key)                      # p(x), x: (n, d)
     flow, history = cnfax.fit(flow, theta, condition=xs, key=key)    # p(theta | x)
+    flow, history = cnfax.fit(flow, target=log_p, key=key, steps=n)  # q ~ p~ (VI)
+
+The last is variational inference (:mod:`cnfax.train.fit_target`); the rest of this
+module is the data path.
 
 It runs the steps of ``make train`` (:class:`cnfax.train.step.Steps`: the same jitted
 step, the same rejection of a failed solve or a non-finite loss or gradient, the same
@@ -73,7 +77,25 @@ def _split(n: int, validation_fraction: float, rng: np.random.Generator):
     return order[held:], order[:held]
 
 
-def fit(
+def fit(flow: CNF, x=None, *, key: jax.Array, target=None, **options):
+    """Density estimation on rows ``x`` (:func:`fit_data`), or variational inference of
+    an unnormalised density ``target=`` log p~ (:func:`cnfax.train.fit_target.fit_target`:
+    ``steps=`` instead of epochs, no ``x``); ``options`` are theirs."""
+    if target is not None:
+        if x is not None:
+            raise ValueError(
+                "pass either rows x (density estimation) or target= (variational "
+                "inference), not both"
+            )
+        from cnfax.train.fit_target import fit_target
+
+        return fit_target(flow, target, key=key, **options)
+    if x is None:
+        raise ValueError("fit needs rows x to fit, or target= log p~ for variational inference")
+    return fit_data(flow, x, key=key, **options)
+
+
+def fit_data(
     flow: CNF,
     x,
     *,
