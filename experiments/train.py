@@ -13,8 +13,8 @@ Multi-valued options take their values separated by spaces or by commas:
 
 Running again with the same --run-dir resumes from the latest checkpoint; a run directory
 has one trainer at a time (a second one is refused while the first holds its lock).
---recipe NAME (default or ffjord: cnfax.run.config.RECIPES) sets the starting values that
-the other options then change.
+--recipe NAME (default, fast (the same) or ffjord: cnfax.run.config.RECIPES) sets the
+starting values that the other options then change.
 """
 
 from __future__ import annotations

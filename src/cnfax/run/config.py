@@ -29,8 +29,9 @@ _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Train a CNF on a toy density, the digits or a user's matrix (FFJORD's 2-D toy set-up
-    by default). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
+    """Train a CNF on a toy density, the digits or a user's matrix (FFJORD's 2-D toy model
+    with the measured recipe of docs/benchmark.md by default; --recipe ffjord for FFJORD's
+    own training). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
     (``kinetic_energy``, ``jacobian_frobenius``) are metrics."""
 
     dataset: str = "8gaussians"
