@@ -21,7 +21,7 @@ from cnfax.run.config import Config
 from cnfax.run.directory import restore_flow
 from cnfax.train import TrainingFailed, train
 
-VI_SMALL = dict(SMALL_TRAINING, log_every=5, target="u1")
+VI_SMALL = dict(SMALL_TRAINING, log_every=5, target="u1")  # as conftest's target_run
 
 
 def _rows(run_dir):
@@ -30,14 +30,6 @@ def _rows(run_dir):
 
 def _params(flow):
     return [np.asarray(v) for v in jax.tree.leaves(nnx.state(flow, nnx.Param))]
-
-
-@pytest.fixture(scope="module")
-def target_run(tmp_path_factory):
-    """40 steps on U1, evaluated every 10 (shared; read it, never train it further)."""
-    config = Config(run_dir=str(tmp_path_factory.mktemp("u1")), iters=40, **VI_SMALL)
-    train(config)
-    return config
 
 
 def test_a_target_run_raises_its_held_out_elbo_and_keeps_the_highest(target_run):
