@@ -114,9 +114,11 @@ def _train_command(run_dir, *flags):
         (["--target", "math:nope"], "target 'math:nope': module 'math' has no 'nope'"),
         (["--target", "math:sqrt"], "target 'math:sqrt' has no positive integer 'dim'"),
         (["--target", "u1", "--dataset", "moons"], "--target 'u1' fits q .*: --dataset cannot"),
+        (["--estimator", "stl"], "--estimator goes with --target"),
     ],
 )
 def test_a_bad_target_exits_2_with_a_one_line_error_naming_it(tmp_path, flags, message):
+    """Refused by Config.validate before the run directory is made."""
     done = _train_command(tmp_path / "run", *flags)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()

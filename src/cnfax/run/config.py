@@ -183,6 +183,8 @@ class Config:
             )
         if self.target is not None:
             problems.extend(_target_clashes(self))
+        elif self.estimator != Config.estimator:
+            problems.append("--estimator goes with --target (the reverse KL's gradient)")
         if (self.dataset == "tabular") != bool(self.data):
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
         if self.condition_columns and not self.data:
