@@ -31,7 +31,8 @@ _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Train a CNF on a toy density, the digits or a user's matrix (FFJORD's 2-D toy set-up
-    by default). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
+    by default), or fit one to an unnormalised density by variational inference (--target).
+    Fields named ``*_weight`` weigh a regulariser; the integrals themselves
     (``kinetic_energy``, ``jacobian_frobenius``) are metrics."""
 
     dataset: str = "8gaussians"
@@ -138,8 +139,8 @@ class Config:
     """exponential moving average of the weights (0: none; cnfax.train.ema): the averaged
     weights are what is evaluated, selected, checkpointed and loaded"""
     patience: int = 0
-    """stop after this many validation evaluations without a lower validation NLL (0:
-    never); the best checkpoint holds the best weights"""
+    """stop after this many validation evaluations without a lower validation NLL (with
+    --target: a higher held-out ELBO) (0: never); the best checkpoint holds the best weights"""
     max_failures: int = 10
     """stop after this many consecutive failed steps (non-finite loss or failed solve)"""
     pictures: bool = True
