@@ -47,7 +47,7 @@ bench: $(STAMP)
 
 # Time to a good density: each recipe on three toys, two seeds, in fresh processes
 # (make bench-ttn; about 40 minutes on 2 CPU cores); docs/benchmark.md
-.PHONY: bench-ttn bench-peers
+.PHONY: bench-ttn bench-peers bench-vi
 bench-ttn: $(STAMP)
 	$(PY) experiments/benchmark.py --sections ttn $(ARGS)
 
@@ -56,6 +56,12 @@ bench-ttn: $(STAMP)
 bench-peers: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) experiments/benchmark.py --sections peers $(ARGS)
+
+# Variational inference (#21): make train --target on u1-u4, funnel, mixture, gaussian50
+# and logistic, beside flowjax's flows fitted by ElboLoss when flowjax is importable (the
+# `peers` extra); bench/vi.{json,md}
+bench-vi: $(STAMP)
+	$(PY) experiments/benchmark.py --sections vi $(ARGS)
 
 # Maximum likelihood vs + RNODE vs flow matching on three toys (about an hour on 2 CPU cores)
 .PHONY: compare-objectives

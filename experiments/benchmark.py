@@ -8,6 +8,7 @@ PyTorch/torchdiffeq model.
     python experiments/benchmark.py --sections ttn       # time-to-NLL (make bench-ttn)
     python experiments/benchmark.py --sections peers     # peers (make bench-peers)
     python experiments/benchmark.py --sections ttn peers # both, sharing cnfax's runs
+    python experiments/benchmark.py --sections vi        # variational inference (make bench-vi)
 
 The quick sections write bench/benchmark.{json,md}: every time is a median over repeated
 runs after compilation; fields are freshly initialised (not trained), so NFE here is that
@@ -52,6 +53,9 @@ from cnfax.run.builders import build_dataset, build_optimizer
 from cnfax.run.config import Config, recipe
 from cnfax.run.model import build_flow
 from cnfax.train import train_step as cnfax_train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
+from benchmark_vi import VI_TARGETS, vi_markdown, vi_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = {"8gaussians": 2.90, "checkerboard": 3.70, "pinwheel": 2.45}
@@ -584,10 +588,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=["quick", "ttn", "peers"],
+        choices=["quick", "ttn", "peers", "vi"],
         default=["quick"],
         help="quick: the step, solver, memory and throughput tables; ttn: time to NLL; "
-        "peers: FFJORD's PyTorch model beside cnfax",
+        "peers: FFJORD's PyTorch model beside cnfax; vi: variational inference beside "
+        "flowjax (experiments/benchmark_vi.py)",
     )
     parser.add_argument("--datasets", nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -595,12 +600,27 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--peer-datasets", nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--peer-iters", type=int, default=1500)
+    parser.add_argument("--vi-targets", nargs="+", default=VI_TARGETS)
+    parser.add_argument("--vi-iters", type=int, default=None, help="default: make train's")
+    parser.add_argument("--vi-batch-size", type=int, default=256)
+    parser.add_argument("--vi-eval-every", type=int, default=50)
+    parser.add_argument("--no-flowjax", action="store_true", help="vi: cnfax's runs only")
     args = parser.parse_args(argv)
     repeats = 10 if args.full else 3
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     if "ttn" in args.sections or "peers" in args.sections:
         slow_sections(args, out, repeats)
+    if "vi" in args.sections:
+        results = vi_section(
+            args.vi_targets,
+            args.vi_iters,
+            args.vi_batch_size,
+            args.vi_eval_every,
+            out,
+            flowjax=not args.no_flowjax,
+        )
+        print(vi_markdown(results))
     if "quick" not in args.sections:
         return 0
     toy = (64, 64, 64)

@@ -4,6 +4,7 @@ draw the pictures and check the flow.
     python experiments/train.py --help
     python experiments/train.py --dataset checkerboard --run-dir runs/checkerboard
     python experiments/train.py --data my_data.csv --run-dir runs/mine
+    python experiments/train.py --target u1 --run-dir runs/u1   # variational inference
 
     python experiments/train.py --recipe ffjord       # FFJORD's recipe, as cnfax had it
 
@@ -139,12 +140,20 @@ def main(argv=None) -> int:
     except ValueError as problem:  # bad options, unusable data, a clashing or busy run dir
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    nan = float("nan")
+    if config.target is None:
+        validation = f"validation NLL {final.get('validation_nll', nan):.4f} nats"
+    else:
+        validation = (
+            f"held-out ELBO {final.get('elbo', nan):.4f}, ESS fraction "
+            f"{final.get('ess_fraction', nan):.3f}"
+        )
     print(
-        f"trained {config.dataset} for {final.get('step')} steps: "
-        f"validation NLL {final.get('validation_nll', float('nan')):.4f} nats "
-        f"({final.get('wall_time', 0):.0f} s)"
+        f"trained {config.target or config.dataset} for {final.get('step')} steps: "
+        f"{validation} ({final.get('wall_time', 0):.0f} s)"
     )
-    finite = config.dataset not in TOY_DATASETS  # finite data: the best by validation NLL
+    # Finite data: the best by validation NLL; a target: the best by held-out ELBO.
+    finite = config.target is not None or config.dataset not in TOY_DATASETS
     args = EvalArgs(config.run_dir, "best" if finite else "latest", pictures=config.pictures)
     try:
         evaluate_run(args)

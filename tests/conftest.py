@@ -40,3 +40,20 @@ def trained_run(tmp_path_factory):
     config = dataclasses.replace(config, log_every=5)
     train(config)
     return config
+
+
+@pytest.fixture(scope="session")
+def target_run(tmp_path_factory):
+    """One short variational run on U1 (``--target u1``: 40 steps, evaluations and
+    checkpoints every 10), shared by the tests of make train --target and of its
+    evaluation. Read it, never train it further (copy it first)."""
+    from helpers import SMALL_TRAINING
+
+    from cnfax.run.config import Config
+    from cnfax.train import train
+
+    run_dir = tmp_path_factory.mktemp("u1")
+    config = Config(target="u1", iters=40, run_dir=str(run_dir), **SMALL_TRAINING)
+    config = dataclasses.replace(config, log_every=5)
+    train(config)
+    return config

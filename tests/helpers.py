@@ -62,3 +62,13 @@ def elapsed(t):
     """c(t) = int_0^t (1 + u) du: the TimeLinearField's flow over [0, t] is exp(A c(t)),
     so ``linear_flow_log_prob(matrices, elapsed(T), x)`` is its closed-form log-density."""
     return t + t**2 / 2
+
+
+def nan_where_positive(z):
+    """A 2-d target (``--target helpers:nan_where_positive``): N(0, I) where z_1 <= 0, NaN
+    where z_1 > 0, as a log-density with a bug in half the space would be."""
+    logp = -0.5 * jnp.sum(z**2, axis=-1) - jnp.log(2 * jnp.pi)
+    return jnp.where(z[:, 0] > 0, jnp.nan, logp)
+
+
+nan_where_positive.dim = 2

@@ -56,3 +56,25 @@ def test_bucket_sizes_are_powers_of_two_rounded_to_the_devices():
     assert [bucket_size(n, 64) for n in (1, 2, 3, 5, 64)] == [1, 2, 4, 8, 64]
     assert bucket_size(5, 64, multiple=4) == 8 and bucket_size(1, 64, multiple=4) == 4
     assert bucket_size(100, 64) == 64
+
+
+def test_forward_densities_in_chunks_equal_one_solve_and_mark_a_failed_solve_nan():
+    """7 base draws in chunks of 3 (the last padded): the same z, log q and log p~ as one
+    forward solve of all 7; with a step budget of 2 the solve fails, and log q is NaN."""
+    from cnfax.scoring import forward_log_densities_in_chunks
+
+    flow = cnfax.CNF(cnfax.ConcatSquashMLP(2, (8,), rngs=nnx.Rngs(0)), t1=0.5)
+
+    def target(z):
+        return -0.5 * jnp.sum(z**2, axis=-1)
+
+    z0 = np.asarray(jax.random.normal(jax.random.key(2), (7, 2)))
+    z, log_q, log_p, nfe = forward_log_densities_in_chunks(flow, target, z0, chunk=3)
+    z_ref, log_q_ref, _ = flow.forward_log_prob_and_stats(jnp.asarray(z0))
+    np.testing.assert_allclose(z, np.asarray(z_ref), atol=1e-5)
+    np.testing.assert_allclose(log_q, np.asarray(log_q_ref), atol=1e-5)
+    np.testing.assert_allclose(log_p, np.asarray(target(jnp.asarray(z))), atol=1e-5)
+    assert nfe > 0
+    starved = flow.replace(max_steps=2, throw=False)
+    _, log_q, _, _ = forward_log_densities_in_chunks(starved, target, z0, chunk=3)
+    assert np.all(np.isnan(log_q))

@@ -125,7 +125,8 @@ def _is_traced(x) -> bool:
 
 def load(run_dir: str | Path, which: str = "best") -> TrainedModel:
     """The flow of a training run, with its preprocessing, restored from its best (by
-    held-out NLL) or latest checkpoint (an unreadable one falls back to the previous, with
+    held-out NLL; a --target run's: by held-out ELBO, with no preprocessing) or latest
+    checkpoint (an unreadable one falls back to the previous, with
     a warning). A directory that holds no usable run (missing, no config.json, a damaged
     config.json or data.json, no checkpoint, none that restores) raises
     :class:`cnfax.run.directory.RunDirectoryError`, a ValueError whose one-line message

@@ -136,6 +136,54 @@ def held_out_nll(
     return -float(np.mean(logp, dtype=np.float64)), nfe
 
 
+@functools.partial(nnx.jit, static_argnames=("target",))
+def _forward_log_densities(flow: CNF, z0, target: Callable):
+    z, log_q, stats = flow.forward_log_prob_and_stats(z0)
+    return z, log_q, jnp.asarray(target(z)), stats.success, stats.nfe
+
+
+def forward_log_densities_in_chunks(
+    flow: CNF, target: Callable, z0, *, mesh: Mesh | None = None, chunk: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The draws z = T(z0) of base draws z0 (n, dim), with log q(z) (carried along the same
+    forward solve) and log p~(z) of a target: float64 (n, dim), (n,), (n,), and the NFE of
+    the costliest chunk. Chunks are padded and sharded as in :func:`log_prob_in_chunks`.
+    A chunk whose solve failed (with ``throw=False``) gets log q = NaN, so that nothing
+    computed from it looks finite; a target that returns the wrong shape is a ValueError
+    naming it."""
+    chunk = CHUNK if chunk is None else chunk
+    mesh = data_mesh() if mesh is None else mesh
+    devices = mesh.shape[DATA]
+    z0 = np.asarray(z0)
+    if z0.ndim != 2 or z0.shape[1] != flow.dim:
+        raise ValueError(f"the base draws must have shape (n, {flow.dim}), got {z0.shape}")
+    fixed = None if len(z0) <= chunk else bucket_size(chunk, chunk, devices)
+    replicate(flow, mesh)
+    dtype = jnp.result_type(float)
+
+    def one_chunk(rows):
+        size = fixed or bucket_size(len(rows), chunk, devices)
+        placed = shard_batch(local_rows(pad_rows(rows, size).astype(dtype)), mesh)
+        z, log_q, log_p, success, nfe = _forward_log_densities(flow, placed, target)
+        if log_p.shape != (size,):
+            raise ValueError(
+                f"the target log-density must return one value per draw, shape ({size},) "
+                f"for draws of shape {(size, flow.dim)}; got shape {log_p.shape}"
+            )
+        n = len(rows)
+        log_q = np.asarray(gather(log_q), np.float64)[:n]
+        if not bool(success):
+            log_q = np.full_like(log_q, np.nan)
+        z = np.asarray(gather(z), np.float64)[:n]
+        return z, log_q, np.asarray(gather(log_p), np.float64)[:n], int(nfe)
+
+    parts = in_chunks(one_chunk, z0, chunk=chunk)
+    if not parts:
+        return np.zeros((0, flow.dim)), np.zeros(0), np.zeros(0), 0
+    z, log_q, log_p, nfe = zip(*parts, strict=True)
+    return np.concatenate(z), np.concatenate(log_q), np.concatenate(log_p), max(nfe)
+
+
 # --------------------------------------------------------------- any conditional model
 
 

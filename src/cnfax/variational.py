@@ -118,4 +118,4 @@ class ReverseKL:
     def __call__(self, flow: CNF, batch, key: Array | None):
         log_w, stats = self.log_weights_and_stats(flow, batch, key)
         loss = -jnp.mean(log_w)
-        return loss, (stats, {"elbo": -loss})
+        return loss, (stats, {"batch_elbo": -loss})  # the held-out one is logged as "elbo"

@@ -1,6 +1,7 @@
 """The report of ``make evaluate``: test NLL at tight tolerance in data units (bits/dim for
 discrete data), the pictures, the audit, the baselines and, for conditional runs, the
-posterior checks or the digits' classifier.
+posterior checks or the digits' classifier; for a --target run, the importance
+diagnostics instead (:mod:`cnfax.evaluation.variational_report`).
 
 Reported likelihoods use the exact trace (never an estimate), at rtol = atol = 1e-6 by
 default, through :func:`cnfax.scoring.held_out_nll`. A flow models y = g(x) for the
@@ -57,7 +58,8 @@ class EvalArgs:
     run_dir: str = "runs/default"
     which: Literal["latest", "best"] = "latest"
     test_size: int = 10_000
-    """held-out points of a toy density (finite datasets use their whole test split)"""
+    """held-out points of a toy density (finite datasets use their whole test split), or
+    a --target run's draws from q"""
     tol: float = 1e-6
     """rtol = atol of the evaluation solve"""
     audit_examples: int = 10
@@ -124,6 +126,13 @@ def evaluate_run(args: EvalArgs) -> dict:
             f"{Path(args.run_dir) / 'config.json'} is damaged ({error!r}): expected the "
             "options that make train writes"
         ) from error
+    run_dir = Path(args.run_dir)
+    if config.target is not None:  # variational inference: no data, the importance weights
+        from cnfax.evaluation.variational_report import variational_report
+
+        result = variational_report(args, config, flow, step, run_dir)
+        (run_dir / f"evaluation_{args.which}.json").write_text(json.dumps(result, indent=2))
+        return result
     dim = flow.dim
     dataset = build_dataset(config)
     tight = evaluation_flow(flow, tol=args.tol)
@@ -131,7 +140,6 @@ def evaluate_run(args: EvalArgs) -> dict:
     start = time.perf_counter()
     nll, nfe = held_out_nll(tight, held_out, log_det)
     seconds = time.perf_counter() - start
-    run_dir = Path(args.run_dir)
     x, condition = batch_parts(held_out)
     if args.pictures and condition is None:
         title = f"{config.dataset}: test NLL {nll:.3f} nats (step {step})"

@@ -11,6 +11,8 @@ import optax
 
 from cnfax.data.dataset import Dataset, make_dataset
 from cnfax.objectives import FlowMatching, MaximumLikelihood
+from cnfax.run.target_problem import build_target
+from cnfax.variational import ReverseKL
 
 RNODE_WEIGHT = 0.01  # --kinetic-energy and --jacobian-norm when not given
 
@@ -78,11 +80,16 @@ def learning_rate(config: Config) -> float | optax.Schedule:
     return schedule(config.lr, config.lr_schedule, config.warmup_steps, config.iters)
 
 
-def build_objective(config: Config, step: int | None = None) -> MaximumLikelihood | FlowMatching:
+def build_objective(
+    config: Config, step: int | None = None
+) -> MaximumLikelihood | FlowMatching | ReverseKL:
     """The training objective of step ``step`` (see :mod:`cnfax.objectives`): with
-    fm-then-mle, flow matching before --switch-step and maximum likelihood from it (also
-    for ``step=None``, after checking the flow-matching options). A pure function of the
-    step, so resume is exact."""
+    --target, the reverse KL to the target (:class:`cnfax.ReverseKL`, the same instance
+    every step); with fm-then-mle, flow matching before --switch-step and maximum
+    likelihood from it (also for ``step=None``, after checking the flow-matching
+    options). A pure function of the step, so resume is exact."""
+    if config.target is not None:
+        return ReverseKL(build_target(config.target), config.estimator)
     if config.objective in ("flow-matching", "fm-then-mle"):
         matching = FlowMatching(
             sigma_min=config.sigma_min,

@@ -4,7 +4,8 @@ A checkpoint is one pytree: the flow's state, the optimizer's state, the step, t
 key and the data position, all as plain arrays (``nnx.to_pure_dict``). Two Orbax
 CheckpointManagers share the run directory: ``checkpoints/latest`` keeps the last
 ``keep`` saves; ``checkpoints/best`` keeps the one with the lowest validation NLL
-(runs saved before the rename recorded it as ``test_nll``, and still load). Orbax writes
+(runs saved before the rename recorded it as ``test_nll``, and still load); a variational
+(--target) run records its -ELBO under that name, so its best has the highest ELBO. Orbax writes
 each step to a temporary directory and renames it when complete, so a crash mid-save
 leaves the previous checkpoints intact.
 """

@@ -22,6 +22,7 @@ from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.objectives import FlowMatching
 from cnfax.run.model import ADJOINTS, CONFIG, FIELDS, SOLVERS, ModelSpec, build_field, build_trace
+from cnfax.run.target_problem import check_target
 
 DATASETS = [*TOY_DATASETS, "digits", "tabular", *SBI_TASKS]
 _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
@@ -31,13 +32,23 @@ _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 class Config:
     """Train a CNF on a toy density, the digits or a user's matrix (FFJORD's 2-D toy model
     with the measured recipe of docs/benchmark.md by default; --recipe ffjord for FFJORD's
-    own training). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
+    own training), or fit one to an unnormalised density by variational inference
+    (--target). Fields named ``*_weight`` weigh a regulariser; the integrals themselves
     (``kinetic_energy``, ``jacobian_frobenius``) are metrics."""
 
     dataset: str = "8gaussians"
     """a 2-D toy (8gaussians, checkerboard, 2spirals, pinwheel, swissroll, circles, moons,
     rings), digits (scikit-learn's 8x8 images), tabular (with --data), or a simulation-based
     inference task (sbi-two-moons, sbi-gaussian-linear: the posterior p(theta | x))"""
+    target: str | None = None
+    """variational inference instead of data: fit q to this unnormalised density by the
+    reverse KL (u1-u4, funnel, mixture, gaussian50, logistic: cnfax.targets.TARGETS, or
+    module:function, a log-density z (n, d) -> (n,) with a .dim); the data options are
+    refused with it. Each step is --batch-size base draws; the validation is the ELBO,
+    log Z_hat and ESS of --eval-size fixed draws, and the best checkpoint the highest ELBO"""
+    estimator: Literal["standard", "stl"] = "standard"
+    """with --target: the reverse KL's gradient, as computed (standard) or sticking the
+    landing (stl: the score term dropped, a second solve per step; cnfax.ReverseKL)"""
     data: str | None = None
     """a .npy or .csv matrix (rows are samples) to train on; implies --dataset tabular"""
     dequantize: bool = False
@@ -129,8 +140,8 @@ class Config:
     """exponential moving average of the weights (0: none; cnfax.train.ema): the averaged
     weights are what is evaluated, selected, checkpointed and loaded"""
     patience: int = 0
-    """stop after this many validation evaluations without a lower validation NLL (0:
-    never); the best checkpoint holds the best weights"""
+    """stop after this many validation evaluations without a lower validation NLL (with
+    --target: a higher held-out ELBO) (0: never); the best checkpoint holds the best weights"""
     max_failures: int = 10
     """stop after this many consecutive failed steps (non-finite loss or failed solve)"""
     pictures: bool = True
@@ -172,6 +183,10 @@ class Config:
                 f"activation {self.activation!r} of the {self.field} field (choose from "
                 f"{sorted(activations)})"
             )
+        if self.target is not None:
+            problems.extend(_target_clashes(self))
+        elif self.estimator != Config.estimator:
+            problems.append("--estimator goes with --target (the reverse KL's gradient)")
         if (self.dataset == "tabular") != bool(self.data):
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
         if self.condition_columns and not self.data:
@@ -222,13 +237,14 @@ class Config:
             lambda c: check_end_time(c.t1),
             lambda c: SolveOptions.create(max_steps=c.max_steps),
             _check_field,
+            lambda c: c.target is None or check_target(c.target),
         ):
             try:
                 check(self)
             except ValueError as problem:
                 problems.append(str(problem))
-        if problems:
-            raise ValueError("invalid config: " + "; ".join(problems))
+        if problems:  # a bad --target is met by two checks: say it once
+            raise ValueError("invalid config: " + "; ".join(dict.fromkeys(problems)))
         return self
 
     def model_spec(self) -> ModelSpec:
@@ -260,6 +276,32 @@ class Config:
 
 
 from cnfax.run.builders import build_objective  # noqa: E402 (builders read Config)
+
+
+def _target_clashes(config: Config) -> list[str]:
+    """The options that --target refuses: a target replaces the data, and the reverse KL
+    the data objectives and their regularisers."""
+    given = [
+        flag
+        for flag, on in (
+            ("--dataset", config.dataset != Config.dataset),
+            ("--data", bool(config.data)),
+            ("--dequantize", config.dequantize),
+            ("--condition-columns", bool(config.condition_columns)),
+            ("--conditional", config.conditional),
+            ("--objective", config.objective != Config.objective),
+            ("--kinetic-energy", bool(config.kinetic_energy_weight)),
+            ("--jacobian-norm", bool(config.jacobian_norm_weight)),
+            ("--t1-penalty", bool(config.t1_penalty_weight)),
+        )
+        if on
+    ]
+    if not given:
+        return []
+    return [
+        f"--target {config.target!r} fits q to a density by the reverse KL, without data: "
+        f"{', '.join(given)} cannot go with it"
+    ]
 
 
 def _check_field(config: Config) -> None:

@@ -47,6 +47,7 @@ COMPATIBILITY_FIELDS = (
     "learn_t1",
     "conditional",
     "condition_columns",
+    "target",
 )
 
 
@@ -55,6 +56,7 @@ class ModelSpec:
     """What a run's flow is. The defaults are FFJORD's toy model."""
 
     dataset: str = "8gaussians"
+    target: str | None = None  # a variational run's target (then the dataset is unused)
     conditional: bool = False
     condition_columns: tuple[str, ...] = ()
     field: Literal["concatsquash", "residual"] = "concatsquash"

@@ -8,6 +8,15 @@ matching's base draws) comes from (seed, step), and the step's key is
 therefore repeats exactly the steps an uninterrupted run takes. The objective of each
 step (maximum likelihood, flow matching, or flow matching then maximum likelihood) and
 its tolerance are functions of the step too (:mod:`cnfax.run.builders`).
+
+A --target run (variational inference) takes the same steps on the reverse KL: its batch
+is --batch-size base draws from the (seed, step) generator
+(:mod:`cnfax.run.target_problem`), and its validation is the importance diagnostics of a
+fixed held-out set of base draws (:func:`target_validation`): ELBO, log Z_hat with its
+standard error, ESS fraction, and |log Z_hat - log Z| and KL(q || p) where log Z is known.
+The checkpoint kept as best, and early stopping, follow the lowest
+:func:`selection_criterion`: the validation NLL, or a --target run's -ELBO (its
+``negative_elbo``: the ELBO is the objective itself, a bound that only a better q raises).
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from cnfax.importance import diagnose
 from cnfax.parallel import local_rows, shard_batch
 from cnfax.run.builders import build_objective, training_tolerance
 from cnfax.run.config import Config
 from cnfax.run.directory import METRICS
-from cnfax.scoring import held_out_nll
+from cnfax.scoring import forward_log_densities_in_chunks, held_out_nll
 from cnfax.train.metrics import MetricsLog, step_row
 from cnfax.train.runtime import StopOnInterrupt, errors_without_callbacks
 from cnfax.train.setup import TrainingRun, set_up
@@ -52,7 +62,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
         range(run.start, end),
         initial=run.start,
         total=config.iters,
-        desc=config.dataset,
+        desc=config.target or config.dataset,
         ncols=shutil.get_terminal_size().columns,
         disable=None if run.lead else True,
     )
@@ -70,12 +80,12 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", nfe=row["nfe_forward"])
             evaluate = done % config.eval_every == 0 or done == end
             improved = False
+            criterion = None
             if evaluate:
                 row.update(_validation(run))
-                improved = row["validation_nll"] < best
-                best, since_best = (
-                    (row["validation_nll"], 0) if improved else (best, since_best + 1)
-                )
+                criterion = selection_criterion(row)
+                improved = criterion < best  # False for NaN: a failed evaluation
+                best, since_best = (criterion, 0) if improved else (best, since_best + 1)
             stopping = bool(config.patience) and since_best >= config.patience
             row["wall_time"] = run.elapsed + time.perf_counter() - clock
             if evaluate or "first_call" in row or done % config.log_every == 0:
@@ -83,11 +93,12 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             # With early stopping, a new best is saved when it is seen, so that it is kept.
             keep_best = improved and bool(config.patience)
             if done % config.ckpt_every == 0 or done == end or stopping or keep_best:
-                run.checkpoint(done, row["wall_time"], row.get("validation_nll"))
+                run.checkpoint(done, row["wall_time"], criterion)
             last = row
             if stopping:
+                name = "validation NLL" if config.target is None else "-ELBO"
                 print(
-                    f"\nstopped early at step {done}: no lower validation NLL in "
+                    f"\nstopped early at step {done}: no lower {name} in "
                     f"{config.patience} evaluations (best {best:.4f}, kept as best)"
                 )
                 break
@@ -137,8 +148,17 @@ def _one_step(run: TrainingRun, step: int, log: MetricsLog) -> dict | None:
     )
 
 
+def selection_criterion(row: dict) -> float:
+    """What selects the best checkpoint and drives early stopping, lowest best: the
+    validation NLL, or a --target run's -ELBO on its held-out base draws."""
+    return row["validation_nll"] if "validation_nll" in row else row["negative_elbo"]
+
+
 def _validation(run: TrainingRun) -> dict:
-    """The validation NLL in data units (exact trace at --eval-tol) and its cost."""
+    """The validation NLL in data units (exact trace at --eval-tol) and its cost; for a
+    --target run, :func:`target_validation`."""
+    if run.config.target is not None:
+        return target_validation(run)
     started = time.perf_counter()
     with errors_without_callbacks(not run.config.count_backward):
         nll, nfe = held_out_nll(run.evaluator, run.validation, run.validation_log_det, run.mesh)
@@ -147,3 +167,27 @@ def _validation(run: TrainingRun) -> dict:
         "validation_nfe": nfe,
         "eval_seconds": time.perf_counter() - started,
     }
+
+
+def target_validation(run: TrainingRun) -> dict:
+    """A --target run's validation: the importance diagnostics (:func:`cnfax.importance.
+    diagnose`) of the evaluator's draws T(z0) of the held-out base draws z0 (exact trace
+    at --eval-tol), with ``negative_elbo`` = -ELBO, the selection criterion, and the cost.
+    A failed solve or a non-finite target makes them NaN: never a selected checkpoint."""
+    started = time.perf_counter()
+    problem = run.dataset
+    with errors_without_callbacks(not run.config.count_backward):
+        _, log_q, log_p, nfe = forward_log_densities_in_chunks(
+            run.evaluator, problem.target, run.validation, mesh=run.mesh
+        )
+    found = diagnose(log_p, log_q, problem.log_normalizer)
+    row = {
+        "elbo": found.elbo,
+        "negative_elbo": -found.elbo,
+        "log_z_hat": found.log_z_hat,
+        "log_z_hat_se": found.log_z_hat_se,
+        "ess_fraction": found.ess_fraction,
+    }
+    if found.log_z is not None:
+        row.update(log_z_error=found.log_z_error, kl=found.kl)
+    return {**row, "validation_nfe": nfe, "eval_seconds": time.perf_counter() - started}

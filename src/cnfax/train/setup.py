@@ -27,6 +27,7 @@ from cnfax.run.directory import (
 )
 from cnfax.run.lock import RunLock
 from cnfax.run.model import build_flow
+from cnfax.run.target_problem import TargetProblem, build_problem
 from cnfax.scoring import evaluation_flow
 from cnfax.train.ema import EMA
 from cnfax.train.runtime import enable_compilation_cache
@@ -39,7 +40,7 @@ class TrainingRun:
 
     config: Config
     run_dir: Path
-    dataset: Dataset
+    dataset: Dataset | TargetProblem  # the data, or a --target run's target
     flow: CNF
     optimizer: nnx.Optimizer
     steps: Steps
@@ -50,8 +51,9 @@ class TrainingRun:
     key: jax.Array
     start: int  # the first step to take (0, or the resumed checkpoint's)
     elapsed: float  # training seconds before this process
-    validation: object  # held-out rows (or conditional batch) in the flow's space
-    validation_log_det: np.ndarray
+    validation: object  # held-out rows (or conditional batch) in the flow's space, or a
+    # --target run's held-out base draws
+    validation_log_det: np.ndarray | None
     lead: bool  # process 0 writes files and draws the progress bar
     lock: RunLock | None = None  # the lead's lock on run_dir, released by train()
 
@@ -64,6 +66,8 @@ class TrainingRun:
             self.lock.release()
 
     def checkpoint(self, step: int, elapsed: float, validation_nll: float | None = None):
+        """Save the state; ``validation_nll`` is the selection criterion, lowest best (a
+        --target run passes its -ELBO: :func:`cnfax.train.loop.selection_criterion`)."""
         tree = checkpoint_tree(self.flow, self.optimizer, self.key, step, elapsed, self.ema)
         self.checkpointer.save(step, tree, validation_nll=validation_nll)
 
@@ -75,7 +79,10 @@ def set_up(config: Config) -> TrainingRun:
     config.validate()
     run_dir = Path(config.run_dir)
     check_compatible(run_dir, config.model_spec())
-    dataset = build_dataset(config)  # bad data: stop here
+    if config.target is None:
+        dataset = build_dataset(config)  # bad data: stop here
+    else:
+        dataset = build_problem(config.target, config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     lock = RunLock.acquire(run_dir) if lead else None  # one trainer per run directory
@@ -107,7 +114,8 @@ def _set_up_locked(config, run_dir, dataset, lead, lock) -> TrainingRun:
     replicate(optimizer, mesh)
     if ema is not None:
         replicate(ema.flow, mesh)
-    # Finite datasets hold out their validation split (the test split is for evaluation).
+    # Finite datasets hold out their validation split (the test split is for evaluation);
+    # a --target run holds out fixed base draws, scored by the importance diagnostics.
     validation, validation_log_det = dataset.held_out("validation", config.eval_size)
     return TrainingRun(
         config=config,
