@@ -29,6 +29,7 @@ from cnfax.data.preprocess import (
     Logit,
     Preprocessing,
     Standardize,
+    box_then_standardize,
     find_step,
 )
 from cnfax.data.sbi import SBI_TASKS
@@ -241,12 +242,22 @@ def _tabular(path, seed, dequantize, condition_columns) -> SplitDataset:
 
 def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
-    flow models theta given x, both standardised with the training split's statistics."""
+    flow models theta given x, both standardised with the training split's statistics.
+
+    A task whose prior is a box (``prior_box``: two moons, the Gaussian mixture, SLCP)
+    maps theta through :class:`~cnfax.data.preprocess.Box` first and standardises the
+    logits (:func:`~cnfax.data.preprocess.box_then_standardize`): the flow models
+    z = (logit_box(theta) - m) / s, so draws mapped back always lie inside the prior's
+    box and log p(theta | x) = log p_flow(z | x) + log|det dz/dtheta| is -inf outside it."""
     if simulations < MIN_ROWS:
         raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
     task = SBI_TASKS[name]
     theta, x = task.joint(np.random.default_rng([seed, 12]), simulations)
     splits, conditions = split_rows(theta, seed), split_rows(x, seed)
-    preprocessing = Standardize.fit(splits["train"])
+    box = task.prior_box
+    if box is None:
+        preprocessing = Standardize.fit(splits["train"])
+    else:
+        preprocessing = box_then_standardize(box, splits["train"])
     standardize = Standardize.fit(conditions["train"])
     return SplitDataset(name, task.theta_dim, preprocessing, seed, splits, conditions, standardize)
