@@ -313,7 +313,7 @@ CONDITIONAL_RUNS = {
 
 
 @pytest.mark.parametrize("case", sorted(CONDITIONAL_RUNS))
-def test_a_short_conditional_run_trains_evaluates_and_loads(tmp_path, case):
+def test_a_short_conditional_run_trains_evaluates_and_loads(tmp_path, case, capsys):
     config = Config(run_dir=str(tmp_path / case), **dict(SMALL, iters=10, **CONDITIONAL_RUNS[case]))
     final = train(config)
     assert np.isfinite(final["validation_nll"])
@@ -325,10 +325,18 @@ def test_a_short_conditional_run_trains_evaluates_and_loads(tmp_path, case):
         coverage_pairs=20,
         coverage_draws=20,
         kl_samples=50,
+        c2st_observations=2,
+        c2st_draws=100,
     )
     result = evaluate_run(small)
     if case.startswith("sbi"):
         assert result["posterior"]["model"]["kl"]["kl_mean"] > 0
+        c2st = result["posterior"]["model"]["c2st"]
+        assert len(c2st["c2st_per_observation"]) == 2 and c2st["draws"] == 100
+        assert all(0 <= v <= 1 for v in c2st["c2st_per_observation"])
+        assert f"C2ST {c2st['c2st_mean']:.3f} (0.5 is indistinguishable; 2 observations x " in (
+            capsys.readouterr().out
+        )
         assert result["posterior"]["conditional Gaussian"]["coverage"]["pairs"] == 20
     else:
         assert 0 <= result["classifier_accuracy"] <= 1
