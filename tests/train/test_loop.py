@@ -412,7 +412,9 @@ def test_an_sbi_run_on_a_prior_box_loads_as_a_density_on_that_box(tmp_path):
     the loaded model's draws all lie inside the box (a flow on standardised theta itself,
     a rough Gaussian of std 0.58 after 8 steps, puts about 8% of 2,000 draws outside), its
     log-density is -inf outside (no NaN, no error), and inside it is the flow's log-density
-    of z plus the log-det of the box map and the standardisation, computed here by hand."""
+    of z plus the log-det of the box map and the standardisation, computed here by hand.
+    make evaluate scores that bounded model: a finite grid KL and a C2ST well above 0.5
+    (0.97 for such a run in a smoke test)."""
     config = Config(
         run_dir=str(tmp_path / "moons"),
         **dict(SMALL, iters=8, dataset="sbi-two-moons", simulations=500),
@@ -440,3 +442,9 @@ def test_an_sbi_run_on_a_prior_box_loads_as_a_density_on_that_box(tmp_path):
     )
     by_hand = np.asarray(flow_log_p, np.float64) + log_det
     np.testing.assert_allclose(np.asarray(model.log_prob(theta, condition=x_o)), by_hand, rtol=1e-4)
+    # make evaluate scores the same bounded model: its KL and C2ST are finite numbers
+    small = EvalArgs(config.run_dir, tol=1e-3, pictures=False, coverage_pairs=10)
+    small = dataclasses.replace(small, coverage_draws=10, c2st_observations=1, c2st_draws=200)
+    posterior = evaluate_run(small)["posterior"]["model"]
+    assert np.isfinite(posterior["kl"]["kl_mean"]) and posterior["kl"]["method"] == "grid"
+    assert 0.5 <= posterior["c2st"]["c2st_mean"] <= 1  # 8 steps: far from the reference
