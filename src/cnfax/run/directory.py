@@ -132,9 +132,11 @@ def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
                 f"{run_dir} holds a model of {shape(saved.dim, saved.condition_dim)}, but the "
                 f"data has {shape(dataset.dim, condition_dim)}; use another --run-dir"
             )
+        # a stream (the toys) has no condition, hence the Identity the reader fills in
+        condition = getattr(dataset, "condition_preprocessing", Identity())
         if (saved.preprocessing, saved.condition_preprocessing) != (
             dataset.preprocessing,
-            dataset.condition_preprocessing,
+            condition,
         ):
             # e.g. a run of an SBI task saved before its prior's box was part of its
             # preprocessing: resuming would train on other inputs than the saved model's
