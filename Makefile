@@ -62,6 +62,12 @@ bench-peers: $(STAMP)
 # `peers` extra); bench/vi.{json,md}
 bench-vi: $(STAMP)
 	$(PY) experiments/benchmark.py --sections vi $(ARGS)
+# C2ST of make train's default against sbibm's reference samples (experiments/bench_sbi.py):
+# two moons and Gaussian linear at 10^3 and 10^4 simulations, sbibm observations 1-5, 10,000
+# draws; sbibm's wheel is downloaded once into ~/.cache/cnfax/sbibm (or $CNFAX_SBIBM_CACHE)
+.PHONY: bench-sbi
+bench-sbi: $(STAMP)
+	$(PY) experiments/benchmark.py --sections sbi $(ARGS)
 
 # Maximum likelihood vs + RNODE vs flow matching on three toys (about an hour on 2 CPU cores)
 .PHONY: compare-objectives

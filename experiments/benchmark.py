@@ -9,6 +9,7 @@ PyTorch/torchdiffeq model.
     python experiments/benchmark.py --sections peers     # peers (make bench-peers)
     python experiments/benchmark.py --sections ttn peers # both, sharing cnfax's runs
     python experiments/benchmark.py --sections vi        # variational inference (make bench-vi)
+    python experiments/benchmark.py --sections sbi       # C2ST on sbibm's tasks (bench_sbi)
 
 The quick sections write bench/benchmark.{json,md}: every time is a median over repeated
 runs after compilation; fields are freshly initialised (not trained), so NFE here is that
@@ -39,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_sbi
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -588,12 +590,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=["quick", "ttn", "peers", "vi"],
+        choices=["quick", "ttn", "peers", "vi", "sbi"],
         default=["quick"],
         help="quick: the step, solver, memory and throughput tables; ttn: time to NLL; "
         "peers: FFJORD's PyTorch model beside cnfax; vi: variational inference beside "
-        "flowjax (experiments/benchmark_vi.py)",
+        "flowjax (experiments/benchmark_vi.py); sbi: C2ST against sbibm's reference "
+        "samples (experiments/bench_sbi.py)",
     )
+    parser.add_argument("--sbi-tasks", nargs="+", default=bench_sbi.TASKS)
+    parser.add_argument("--sbi-simulations", type=int, nargs="+", default=bench_sbi.SIMULATIONS)
+    parser.add_argument("--sbi-observations", type=int, nargs="+", default=bench_sbi.OBSERVATIONS)
+    parser.add_argument("--sbi-draws", type=int, default=10_000, help="C2ST draws of each")
+    parser.add_argument("--sbi-iters", type=int, default=None, help="default: make train's")
     parser.add_argument("--datasets", nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", default=["ffjord", "default"])
@@ -621,6 +629,16 @@ def main(argv=None) -> int:
             flowjax=not args.no_flowjax,
         )
         print(vi_markdown(results))
+    if "sbi" in args.sections:
+        results = bench_sbi.sbi_section(
+            out,
+            args.sbi_tasks,
+            args.sbi_simulations,
+            args.sbi_observations,
+            args.sbi_draws,
+            args.sbi_iters,
+        )
+        print(bench_sbi.sbi_markdown(results))
     if "quick" not in args.sections:
         return 0
     toy = (64, 64, 64)

@@ -10,7 +10,8 @@ draw the pictures and check the flow.
 
 Multi-valued options take their values separated by spaces or by commas:
 --hidden 64 64 and --hidden 64,64, --condition-columns age income and
---condition-columns age,income are the same.
+--condition-columns age,income are the same, and so are --bounds 0: -1:1 and
+--bounds 0:,-1:1 (one lo:hi per modelled column of --data, either side empty for no bound).
 
 Running again with the same --run-dir resumes from the latest checkpoint; a run directory
 has one trainer at a time (a second one is refused while the first holds its lock).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 import warnings
@@ -72,7 +74,7 @@ def split_commas(argv: list[str], cls=Config) -> list[str]:
     ``--hidden=64,64`` works too). An empty item (``a,,b``, ``a,``) is a ValueError."""
     flags, out, flag = list_flags(cls), [], None
     for token in argv:
-        if token.startswith("-") and not _is_number(token):
+        if token.startswith("-") and not _is_value(token):
             name, equals, value = token.partition("=")
             flag = name if name in flags else None
             if not (flag and equals):
@@ -93,9 +95,11 @@ def split_commas(argv: list[str], cls=Config) -> list[str]:
     return out
 
 
-def _is_number(token: str) -> bool:
+def _is_value(token: str) -> bool:
+    """Whether a token that starts with "-" is a value, not a flag: a number (-3, -1e-3,
+    -inf) or a bound that starts with one (--bounds -1:1, -2.5:)."""
     try:
-        float(token)
+        float(re.split("[:,]", token)[0])
     except ValueError:
         return False
     return True

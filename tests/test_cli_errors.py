@@ -259,3 +259,14 @@ def test_an_empty_item_of_a_multi_valued_option_is_one_line_and_exit_2(
         "spaces or commas (e.g. --condition-columns a b, or --condition-columns a,b)\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--bounds", "0:", "-1:1", ":"], ["--bounds", "0:,-1:1,:"], ["--bounds=0:,-1:1", ":"]],
+    ids=["spaces", "commas", "equals"],
+)
+def test_bounds_take_negative_lower_bounds_with_commas_or_spaces(train_cli, flags):
+    """-1:1 starts with a minus sign, like a flag: it is read as a value of --bounds."""
+    config = train_cli.parse_args(["--data", "t.csv", *flags, "--hidden", "8"])
+    assert config.bounds == ("0:", "-1:1", ":") and config.hidden == (8,)

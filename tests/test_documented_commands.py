@@ -37,10 +37,17 @@ TRAIN_CAPS = ["--iters", "3", "--eval-every", "3", "--ckpt-every", "3", "--no-pi
 TRAIN_CAPS += ["--eval-size", "64"]
 # What the documented commands' evaluations may take: a few hundred points, few SBI draws.
 SMALL_EVALUATION = dict(
-    test_size=500, audit_examples=2, coverage_pairs=10, coverage_draws=50, kl_samples=100
+    test_size=500,
+    audit_examples=2,
+    coverage_pairs=10,
+    coverage_draws=50,
+    kl_samples=100,
+    c2st_observations=1,
+    c2st_draws=100,
 )
 EVALUATE_CAPS = ["--no-pictures", "--test-size", "500", "--audit-examples", "2"]
 EVALUATE_CAPS += ["--coverage-pairs", "10", "--coverage-draws", "50", "--kl-samples", "100"]
+EVALUATE_CAPS += ["--c2st-observations", "1", "--c2st-draws", "100"]
 _COMMAND = re.compile(r"^make (train|evaluate)\b")
 _INLINE = re.compile(r"`(make (?:train|evaluate)\b[^`]*)`")
 _PLACEHOLDER = re.compile(r"^(\.\.\.|[A-Z][A-Z_]+)$")

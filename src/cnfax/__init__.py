@@ -56,6 +56,16 @@ def fit(flow, x=None, **options):
     return fit_arrays(flow, x, **options)
 
 
+def fit_posterior(flow, theta, x, **options):
+    """A posterior p(theta | x) from simulated pairs (theta, x): z-scoring (after the box
+    map of ``bounds=(lo, hi)``, the prior's support) and :func:`fit`, returning
+    ``(posterior, history)``, the posterior a :class:`TrainedModel` in the user's units:
+    :func:`cnfax.train.fit_posterior.fit_posterior`. Imported on first use, like fit."""
+    from cnfax.train.fit_posterior import fit_posterior as fit_simulations
+
+    return fit_simulations(flow, theta, x, **options)
+
+
 def __getattr__(name):
     if name == "TrainedModel":  # lazily, like load: it imports the run directory's code
         from cnfax.loading import TrainedModel
@@ -86,6 +96,7 @@ __all__ = [
     "batch_max_norm",
     "conditional_batch",
     "fit",
+    "fit_posterior",
     "load",
     "optimal_transport_pairs",
     "standard_normal_log_prob",

@@ -45,12 +45,13 @@ from cnfax.scoring import evaluation_flow, log_prob_in_chunks
 class TrainedModel:
     """A trained flow with its preprocessing: a density in data units, of x, or of x given
     a condition y (``condition_preprocessing`` maps y to the flow's condition space; it
-    has no log-determinant, since y is given, not modelled)."""
+    has no log-determinant, since y is given, not modelled). ``cnfax.load`` returns one
+    for a run directory, ``cnfax.fit_posterior`` for a posterior fitted on arrays."""
 
     flow: CNF  # exact trace, raises on a failed solve
     preprocessing: Preprocessing
-    spec: ModelSpec  # what the flow is (the run's model description)
-    step: int
+    spec: ModelSpec | None  # what the flow is (the run's model description; None: a fit)
+    step: int | None  # the checkpoint's training step (None: cnfax.fit_posterior's result)
     condition_preprocessing: Preprocessing = Identity()
 
     @property

@@ -491,3 +491,32 @@ def test_posterior_pictures_are_written(tmp_path):
     assert 0.8 < width / height < 1.25
     with pytest.raises(ValueError, match="shape"):
         plot_samples_by_label(samples[:95], tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------- C2ST
+
+
+def test_c2st_of_the_exact_posterior_is_a_half_and_of_a_shifted_one_its_bayes_accuracy():
+    """Gaussian linear in 2-D (10-D classifiers cost minutes), 500 draws each on two
+    observations. The exact posterior: each accuracy is a binomial proportion around 0.5
+    on 1,000 held-out labels (standard error 0.016); we allow 0.07, 4.4 standard errors
+    (this stream: 0.513, 0.526). A model shifted by two posterior standard deviations in
+    each coordinate is sqrt(8) = 2.83 of them away, so the Bayes-optimal accuracy is
+    Phi(2.83 / 2) = 0.921; a classifier scores about that or below, plus the same
+    sampling noise: between 0.85 and 0.97 (this stream: 0.932, 0.932)."""
+    from scipy.special import ndtr
+
+    from cnfax.data.sbi import SLCP, NoReferencePosterior
+    from cnfax.evaluation.posterior_checks import c2st_to_reference
+
+    task = GaussianLinear(dim=2)
+    _, xs = observations(task, seed=0, n=2)
+    exact = c2st_to_reference(task, GaussianPosteriorModel(dim=2), xs, draws=500, seed=3)
+    assert exact.per_observation.shape == (2,) and exact.draws == 500
+    assert np.all(np.abs(exact.per_observation - 0.5) < 0.07), exact.per_observation
+    shifted_model = GaussianPosteriorModel(dim=2, delta=2 * np.sqrt(0.05))
+    shifted = c2st_to_reference(task, shifted_model, xs, draws=500, seed=3)
+    bayes = float(ndtr(np.sqrt(8) / 2))
+    assert np.all((shifted.per_observation > 0.85) & (shifted.per_observation < bayes + 0.05))
+    with pytest.raises(NoReferencePosterior):
+        c2st_to_reference(SLCP(), shifted_model, np.zeros((1, 8)))

@@ -69,3 +69,19 @@ def test_evaluate_exits_1_when_the_audit_finds_a_flow_that_does_not_invert(tmp_p
     )
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "AUDIT FAILED" in done.stderr
+
+
+def test_an_sbi_report_without_a_reference_posterior_says_c2st_is_unavailable(tmp_path):
+    """SLCP has no reference posterior in cnfax: KL and C2ST are marked unavailable (with
+    the reason, in the report and its summary) while coverage is still computed."""
+    from cnfax.data.dataset import make_dataset
+    from cnfax.evaluation.baselines import ConditionalGaussian
+    from cnfax.evaluation.conditional_report import sbi_report, sbi_summary
+
+    data = make_dataset("sbi-slcp", 0, simulations=200)
+    model = ConditionalGaussian.fit(data.raw("train"), data.conditions["train"])
+    report = sbi_report(model, data, 0, tmp_path, pictures=False, pairs=5, draws=5)
+    reason = "sbi-slcp has no reference posterior in cnfax"
+    assert report["model"]["c2st"] == {"unavailable": reason}
+    assert report["model"]["coverage"]["pairs"] == 5
+    assert f"C2ST unavailable ({reason})" in sbi_summary(report)

@@ -113,3 +113,19 @@ def test_training_resumes_from_the_newest_good_checkpoint_over_a_non_finite_one(
     with pytest.warns(UserWarning, match="step 30 holds non-finite values"):
         assert train(config)["step"] == 40
     assert f"resumed {config.run_dir} at step 20" in capsys.readouterr().out
+
+
+def test_a_run_directory_trained_with_another_preprocessing_is_refused(tmp_path):
+    """A two-moons run saved with theta standardised (before its prior's box was part of the
+    preprocessing) must not resume on box-mapped theta: same dimensions, other inputs."""
+    from cnfax.data.dataset import make_dataset
+    from cnfax.data.preprocess import Standardize
+    from cnfax.run.directory import write_data_spec
+
+    data = make_dataset("sbi-two-moons", seed=0, simulations=100)
+    write_data_spec(tmp_path, data)
+    write_data_spec(tmp_path, data)  # the same data again: accepted
+    assert read_data_spec(tmp_path).preprocessing == data.preprocessing
+    older = dataclasses.replace(data, preprocessing=Standardize.fit(data.raw("train")))
+    with pytest.raises(ValueError, match="another preprocessing"):
+        write_data_spec(tmp_path, older)

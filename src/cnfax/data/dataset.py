@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from cnfax.data import digits, toy
+from cnfax.data.bounds import check_inside, parse_bounds
 from cnfax.data.preprocess import (
     Chain,
     Dequantize,
@@ -29,6 +30,7 @@ from cnfax.data.preprocess import (
     Logit,
     Preprocessing,
     Standardize,
+    box_then_standardize,
     find_step,
 )
 from cnfax.data.sbi import SBI_TASKS
@@ -171,11 +173,13 @@ def make_dataset(
     condition_columns: tuple[str, ...] = (),
     simulations: int = 10_000,
     conditional: bool = False,
+    bounds: tuple[str, ...] = (),
 ) -> Dataset:
     """The dataset a config names: a toy density; "digits" (``conditional``: p(image |
     label)); "tabular" with ``path`` (``dequantize``: uniform noise on integer-valued
-    columns; ``condition_columns``: model the other columns given these); or an SBI task,
-    p(theta | x) from ``simulations`` simulated pairs."""
+    columns; ``condition_columns``: model the other columns given these; ``bounds``: one
+    "lo:hi" per modelled column, :mod:`cnfax.data.bounds`); or an SBI task, p(theta | x)
+    from ``simulations`` simulated pairs."""
     if name in toy.TOY_DATASETS:
         return ToyStream(name, seed)
     if name == "digits":
@@ -183,7 +187,9 @@ def make_dataset(
     if name == "tabular":
         if not path:
             raise DataError("dataset 'tabular' needs a file: pass --data PATH (.npy or .csv)")
-        return _tabular(path, seed, dequantize, condition_columns)
+        return _tabular(path, seed, dequantize, condition_columns, bounds)
+    if bounds:
+        raise DataError("--bounds goes with --data (a table's columns)")
     if name in SBI_TASKS:
         return _simulated(name, seed, simulations)
     raise DataError(f"unknown dataset {name!r}")
@@ -217,7 +223,7 @@ def _column_indices(table, path, columns: tuple[str, ...]) -> list[int]:
     return sorted(set(indices))
 
 
-def _tabular(path, seed, dequantize, condition_columns) -> SplitDataset:
+def _tabular(path, seed, dequantize, condition_columns, bounds=()) -> SplitDataset:
     table = load_table(path)
     given = _column_indices(table, path, condition_columns)
     discrete = check_columns(table, path, dequantize)
@@ -227,9 +233,17 @@ def _tabular(path, seed, dequantize, condition_columns) -> SplitDataset:
         raise DataError(f"{path}: too few rows for a training split")
     discrete = [targets.index(j) for j in discrete if j in targets]
     steps = (Dequantize(tuple(discrete)),) if dequantize and discrete else ()
-    # Standardise with the training split's statistics only (dequantised, if it is).
+    # Standardise with the training split's statistics only (dequantised, if it is), after
+    # the bounded columns' map to R (cnfax.data.bounds) when there are bounds.
     train = Chain(steps).randomize(splits["train"], np.random.default_rng([seed, 7]))
-    preprocessing = Chain((*steps, Standardize.fit(train))) if steps else Standardize.fit(train)
+    if bounds:
+        box = parse_bounds(bounds)
+        labels = [table.label(j) for j in targets]
+        check_inside(table.values[:, targets], box, labels, path, discrete if steps else ())
+        preprocessing = Chain((*steps, *box_then_standardize(box, train).steps))
+    else:
+        standardize = Standardize.fit(train)
+        preprocessing = Chain((*steps, standardize)) if steps else standardize
     if not given:
         return SplitDataset("tabular", len(targets), preprocessing, seed, splits)
     conditions = split_rows(table.values[:, given], seed)  # same permutation as the targets
@@ -241,12 +255,22 @@ def _tabular(path, seed, dequantize, condition_columns) -> SplitDataset:
 
 def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
-    flow models theta given x, both standardised with the training split's statistics."""
+    flow models theta given x, both standardised with the training split's statistics.
+
+    A task whose prior is a box (``prior_box``: two moons, the Gaussian mixture, SLCP)
+    maps theta through :class:`~cnfax.data.preprocess.Box` first and standardises the
+    logits (:func:`~cnfax.data.preprocess.box_then_standardize`): the flow models
+    z = (logit_box(theta) - m) / s, so draws mapped back always lie inside the prior's
+    box and log p(theta | x) = log p_flow(z | x) + log|det dz/dtheta| is -inf outside it."""
     if simulations < MIN_ROWS:
         raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
     task = SBI_TASKS[name]
     theta, x = task.joint(np.random.default_rng([seed, 12]), simulations)
     splits, conditions = split_rows(theta, seed), split_rows(x, seed)
-    preprocessing = Standardize.fit(splits["train"])
+    box = task.prior_box
+    if box is None:
+        preprocessing = Standardize.fit(splits["train"])
+    else:
+        preprocessing = box_then_standardize(box, splits["train"])
     standardize = Standardize.fit(conditions["train"])
     return SplitDataset(name, task.theta_dim, preprocessing, seed, splits, conditions, standardize)

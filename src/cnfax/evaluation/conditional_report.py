@@ -5,8 +5,11 @@ against the reference posterior, and the digits given their labels.
   mean KL(reference || model) (:func:`cnfax.evaluation.posterior_checks.kl_to_reference`;
   marked unavailable for a task without a reference posterior, SLCP), the
   expected coverage over 200 (theta*, x) pairs, the same two for the conditional Gaussian
-  fitted on the run's own training simulations, and pictures (two moons: posteriors next
-  to the reference; coverage curves).
+  fitted on the run's own training simulations, the model's C2ST against reference
+  posterior draws on the first ``c2st_observations`` of those observations
+  (:func:`cnfax.evaluation.posterior_checks.c2st_to_reference`; unavailable without a
+  reference posterior), and pictures (two moons: posteriors next to the reference;
+  coverage curves).
 - Digits given labels: the generative classifier argmax_y p(x | y) p(y) on the test
   images (p(y): training label frequencies) and a 10 x 10 grid of samples, one row per
   label.
@@ -24,7 +27,11 @@ from cnfax.data.digits import CLASSES
 from cnfax.data.sbi import SBI_TASKS, TwoMoons, observations
 from cnfax.evaluation.baselines import ConditionalGaussian
 from cnfax.evaluation.generative_classifier import bayes_classifier_accuracy
-from cnfax.evaluation.posterior_checks import expected_coverage, kl_to_reference
+from cnfax.evaluation.posterior_checks import (
+    c2st_to_reference,
+    expected_coverage,
+    kl_to_reference,
+)
 from cnfax.evaluation.posterior_plots import (
     plot_coverage,
     plot_samples_by_label,
@@ -42,8 +49,11 @@ def sbi_report(
     pairs: int = 200,
     draws: int = 500,
     kl_samples: int = 1000,
+    c2st_observations: int = 3,
+    c2st_draws: int = 2000,
 ) -> dict:
-    """KL and coverage of the model and of the conditional-Gaussian baseline."""
+    """KL and coverage of the model and of the conditional-Gaussian baseline; the model's
+    C2ST on ``c2st_observations`` observations (0: none) with ``c2st_draws`` draws each."""
     task = SBI_TASKS[dataset.name]
     theta_obs, x_obs = observations(task, seed)
     baseline = ConditionalGaussian.fit(dataset.raw("train"), dataset.conditions["train"])
@@ -56,6 +66,14 @@ def sbi_report(
         coverage = expected_coverage(task, candidate, seed, pairs=pairs, draws=draws)
         report[name] = {"kl": kl, "coverage": coverage.as_dict()}
         coverages[name] = coverage
+    if c2st_observations:
+        if task.has_reference:
+            xs = x_obs[:c2st_observations]
+            result = c2st_to_reference(task, model, xs, draws=c2st_draws, seed=seed)
+            report["model"]["c2st"] = result.as_dict()
+        else:
+            reason = f"{dataset.name} has no reference posterior in cnfax"
+            report["model"]["c2st"] = {"unavailable": reason}
     if pictures:
         if isinstance(task, TwoMoons):
             plot_two_moons_posteriors(
@@ -78,10 +96,20 @@ def sbi_summary(report: dict) -> str:
             kl_text = f"KL unavailable ({kl['unavailable']})"
         else:
             kl_text = f"mean KL(reference || {name}) {kl['kl_mean']:.4f} nats"
+        c2st = part.get("c2st")
+        if c2st is None:
+            c2st_text = ""
+        elif "unavailable" in c2st:
+            c2st_text = f"; C2ST unavailable ({c2st['unavailable']})"
+        else:
+            c2st_text = (
+                f"; C2ST {c2st['c2st_mean']:.3f} (0.5 is indistinguishable; "
+                f"{c2st['observations']} observations x {c2st['draws']} draws)"
+            )
         lines.append(
             f"  {name}: {kl_text}; coverage "
             f"max deviation {coverage['max_deviation']:.3f} (calibrated models: below "
-            f"{coverage['null_max_deviation_95']:.3f} in 95%)"
+            f"{coverage['null_max_deviation_95']:.3f} in 95%){c2st_text}"
         )
     return "\n".join(lines)
 

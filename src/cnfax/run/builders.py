@@ -38,6 +38,7 @@ def build_dataset(config: Config) -> Dataset:
         condition_columns=config.condition_columns,
         simulations=config.simulations,
         conditional=config.conditional,
+        bounds=config.bounds,
     )
 
 

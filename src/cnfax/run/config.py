@@ -18,6 +18,7 @@ from flax import nnx
 
 from cnfax.core.augmented import SolveOptions
 from cnfax.core.checks import check_end_time
+from cnfax.data.bounds import parse_bounds
 from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.toy import TOY_DATASETS
 from cnfax.objectives import FlowMatching
@@ -57,6 +58,10 @@ class Config:
     condition_columns: tuple[str, ...] = ()
     """with --data: columns (header names or 0-based indices) to condition on; the model is
     p(other columns | these)"""
+    bounds: tuple[str, ...] = ()
+    """with --data: one lo:hi per modelled column, either side empty for none (0:1, 0:, :),
+    mapped to R before standardisation (cnfax.data.bounds): draws stay inside, and the
+    log-density is -inf outside"""
     conditional: bool = False
     """with --dataset digits: model p(image | label), the label one-hot"""
     simulations: int = 10_000
@@ -191,6 +196,13 @@ class Config:
             problems.append("--data PATH goes with dataset 'tabular' (and only with it)")
         if self.condition_columns and not self.data:
             problems.append("--condition-columns goes with --data")
+        if self.bounds:
+            if not self.data:
+                problems.append("--bounds goes with --data")
+            try:
+                parse_bounds(self.bounds)
+            except ValueError as problem:
+                problems.append(str(problem))
         if self.conditional and self.dataset != "digits":
             problems.append("--conditional goes with --dataset digits (p(image | label))")
         if self.simulations < 10:
@@ -265,6 +277,7 @@ class Config:
         raw = json.loads(text)
         raw["hidden"] = tuple(raw["hidden"])
         raw["condition_columns"] = tuple(raw.get("condition_columns", ()))
+        raw["bounds"] = tuple(raw.get("bounds", ()))
         for old in _RENAMED:  # runs saved before the weights were named as weights
             if old in raw:
                 raw[f"{old}_weight"] = raw.pop(old)

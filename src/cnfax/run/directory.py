@@ -132,7 +132,20 @@ def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
                 f"{run_dir} holds a model of {shape(saved.dim, saved.condition_dim)}, but the "
                 f"data has {shape(dataset.dim, condition_dim)}; use another --run-dir"
             )
-        return  # keep the preprocessing the model was trained with
+        # a stream (the toys) has no condition, hence the Identity the reader fills in
+        condition = getattr(dataset, "condition_preprocessing", Identity())
+        if (saved.preprocessing, saved.condition_preprocessing) != (
+            dataset.preprocessing,
+            condition,
+        ):
+            # e.g. a run of an SBI task saved before its prior's box was part of its
+            # preprocessing: resuming would train on other inputs than the saved model's
+            raise ValueError(
+                f"{run_dir} holds a model trained with another preprocessing "
+                f"({saved.preprocessing.kind}) than this data's "
+                f"({dataset.preprocessing.kind}); use another --run-dir"
+            )
+        return  # the preprocessing the model was trained with, as saved
     spec = {"dim": dataset.dim, "preprocessing": dataset.preprocessing.to_dict()}
     if condition_dim:
         spec["condition_dim"] = condition_dim
