@@ -35,6 +35,7 @@ from cnfax.objectives import FlowMatching, MaximumLikelihood, conditional_batch
 from cnfax.parallel import data_mesh, replicate, shard_batch
 from cnfax.run.builders import adamw, schedule
 from cnfax.scoring import evaluation_flow, held_out_nll, numpy_rng
+from cnfax.train.best import BestWeights
 from cnfax.train.ema import EMA
 from cnfax.train.step import Steps
 
@@ -190,7 +191,7 @@ def fit_data(
     # Built once: it shares the average's parameters (and a new one would compile again).
     evaluator = evaluation_flow(ema.flow, tol=eval_tol, throw=False)
     history = FitHistory(validation_index=held_rows)
-    best_state, since_best = None, 0
+    best = BestWeights(ema.flow)
     started = time.perf_counter()
     bar = tqdm(range(max_epochs), disable=not progress, desc="fit", unit="epoch")
     for epoch in bar:
@@ -212,20 +213,17 @@ def fit_data(
         nll, _ = held_out_nll(evaluator, validation, mesh=mesh)
         history.train_loss.append(float(np.mean(losses)) if losses else math.nan)
         history.validation_nll.append(nll)
-        if math.isfinite(nll) and (best_state is None or nll < history.best_validation_nll):
-            history.best_epoch, since_best = epoch, 0
-            best_state = jax.tree.map(jnp.array, nnx.state(ema.flow, nnx.Param))  # a copy
-        else:
-            since_best += 1
+        improved = math.isfinite(nll) and (best.empty or nll < history.best_validation_nll)
+        if improved:
+            history.best_epoch = epoch
+        best.offer(improved)
         bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_nll=f"{nll:.3f}")
-        if since_best >= patience:
+        if best.since >= patience:
             history.stopped_early = True
             break
     bar.close()
     history.rejected_steps = steps.rejected_total
     history.seconds = time.perf_counter() - started
-    if best_state is None:
+    if best.empty:
         raise FitFailed("no epoch reached a finite validation NLL")
-    trained = ema.flow
-    nnx.update(trained, best_state)
-    return trained.replace(throw=throw), history
+    return best.restore().replace(throw=throw), history

@@ -36,6 +36,7 @@ from cnfax.parallel import data_mesh, gather, replicate, shard_batch
 from cnfax.run.builders import adamw, schedule
 from cnfax.scoring import evaluation_flow, numpy_rng
 from cnfax.targets import resolve_target
+from cnfax.train.best import BestWeights
 from cnfax.train.ema import EMA
 from cnfax.train.fit import FitFailed
 from cnfax.train.step import Steps
@@ -173,7 +174,7 @@ def fit_target(
     evaluator = evaluation_flow(ema.flow, tol=eval_tol, throw=False)
     held_out_sharded = shard_batch(held_out, mesh)
     history = TargetFitHistory(held_out=held_out)
-    best_state, since_best, losses = None, 0, []
+    best, losses = BestWeights(ema.flow), []
     started = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc="fit", unit="step")
     for step in bar:
@@ -194,20 +195,17 @@ def fit_target(
         history.train_loss.append(float(np.mean(losses)) if losses else math.nan)
         history.diagnostics.append(found)
         losses = []
-        if math.isfinite(found.elbo) and (best_state is None or found.elbo > history.best.elbo):
-            history.best_index, since_best = len(history.diagnostics) - 1, 0
-            best_state = jax.tree.map(jnp.array, nnx.state(ema.flow, nnx.Param))  # a copy
-        else:
-            since_best += 1
+        improved = math.isfinite(found.elbo) and (best.empty or found.elbo > history.best.elbo)
+        if improved:
+            history.best_index = len(history.diagnostics) - 1
+        best.offer(improved)
         bar.set_postfix(elbo=f"{found.elbo:.3f}", ess=f"{found.ess_fraction:.2f}")
-        if patience is not None and since_best >= patience:
+        if patience is not None and best.since >= patience:
             history.stopped_early = True
             break
     bar.close()
     history.rejected_steps = trainer.rejected_total
     history.seconds = time.perf_counter() - started
-    if best_state is None:
+    if best.empty:
         raise FitFailed("no evaluation reached a finite held-out ELBO")
-    trained = ema.flow
-    nnx.update(trained, best_state)
-    return trained.replace(throw=throw), history
+    return best.restore().replace(throw=throw), history
