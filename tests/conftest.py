@@ -12,6 +12,13 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# No persistent compilation cache in the suite, in this process or in the make train
+# subprocesses it starts (they inherit the environment): tests neither read nor fill the
+# user's ~/.cache/cnfax/jax. XLA:CPU crashed (SIGSEGV, SIGABRT) loading a cached executable
+# into this long-lived process after hundreds of others; the tests of the cache give
+# their own directory, and `isolated_compilation_cache` closes it after them.
+os.environ["CNFAX_COMPILATION_CACHE"] = ""
+
 _common = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -23,6 +30,20 @@ settings.register_profile("accelerator", max_examples=60, **_common)
 
 _default = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev"
 settings.load_profile(os.environ.get("CNFAX_HYPOTHESIS_PROFILE", _default))
+
+
+@pytest.fixture(autouse=True)
+def isolated_compilation_cache():
+    """A test that opened a compilation cache (Config(compilation_cache=DIR)) closes it, so
+    that the tests after it compile for themselves."""
+    yield
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is not None:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")

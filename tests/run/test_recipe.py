@@ -117,7 +117,8 @@ def test_fm_then_mle_switches_at_its_step_and_resumes_exactly_across_the_switch(
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_ffjord_recipe_is_maximum_likelihood_at_one_tolerance_without_a_cache():
+def test_the_ffjord_recipe_is_maximum_likelihood_at_one_tolerance_without_a_cache(monkeypatch):
+    monkeypatch.delenv("CNFAX_COMPILATION_CACHE")  # the suite's own "" (tests/conftest.py)
     old = recipe("ffjord", dataset="pinwheel").validate()
     assert old.dataset == "pinwheel" and old.objective == "mle" and old.lr_schedule == "constant"
     assert (old.lr, old.batch_size, old.iters, old.rtol, old.atol) == (3e-3, 256, 1500, 1e-5, 1e-5)
@@ -133,7 +134,10 @@ def test_the_ffjord_recipe_is_maximum_likelihood_at_one_tolerance_without_a_cach
         1e-3,
         1e-5,
     )
-    assert new.ema_decay == 0.995 and not new.count_backward and new.compilation_cache
+    assert new.ema_decay == 0.995 and not new.count_backward
+    assert new.compilation_cache == "~/.cache/cnfax/jax"
+    monkeypatch.setenv("CNFAX_COMPILATION_CACHE", "/elsewhere")
+    assert Config().compilation_cache == "/elsewhere"
     regularised = build_objective(new)
     assert (regularised.kinetic_energy_weight, regularised.jacobian_norm_weight) == (0.01, 0.01)
     assert build_objective(Config(kinetic_energy_weight=0.0)).kinetic_energy_weight == 0

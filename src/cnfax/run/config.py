@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,14 @@ from cnfax.run.model import ADJOINTS, CONFIG, FIELDS, SOLVERS, ModelSpec, build_
 from cnfax.run.target_problem import check_target
 
 DATASETS = [*TOY_DATASETS, "digits", "tabular", *SBI_TASKS]
+CACHE_VARIABLE = "CNFAX_COMPILATION_CACHE"
+
+
+def default_compilation_cache() -> str:
+    """$CNFAX_COMPILATION_CACHE where it is set ("" for no cache: the test suite sets it),
+    else ~/.cache/cnfax/jax."""
+    return os.environ.get(CACHE_VARIABLE, "~/.cache/cnfax/jax")
+
 _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 
 
@@ -153,9 +162,10 @@ class Config:
     count_backward: bool = False
     """count the backward solve's field evaluations (logged as nfe_backward); the count is a
     host callback, which keeps the compiled step out of the compilation cache"""
-    compilation_cache: str = "~/.cache/cnfax/jax"
-    """directory of JAX's persistent compilation cache ("" for none): a repeated or resumed
-    run loads its compiled steps from there instead of compiling them again"""
+    compilation_cache: str = dataclasses.field(default_factory=default_compilation_cache)
+    """directory of JAX's persistent compilation cache ("" for none; default
+    $CNFAX_COMPILATION_CACHE, else ~/.cache/cnfax/jax): a repeated or resumed run loads its
+    compiled steps from there instead of compiling them again"""
 
     def validate(self) -> Config:
         """Raise ValueError naming each bad option (and the valid choices); return self.
