@@ -61,12 +61,15 @@ bench-peers: $(STAMP)
 # and logistic, beside flowjax's flows fitted by ElboLoss when flowjax is importable (the
 # `peers` extra); bench/vi.{json,md}
 bench-vi: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) experiments/benchmark.py --sections vi $(ARGS)
 # C2ST of make train's default against sbibm's reference samples (experiments/bench_sbi.py):
 # two moons and Gaussian linear at 10^3 and 10^4 simulations, sbibm observations 1-5, 10,000
-# draws; sbibm's wheel is downloaded once into ~/.cache/cnfax/sbibm (or $CNFAX_SBIBM_CACHE)
+# draws, each beside sbi's NPE on the same simulations (the `peers` extra); sbibm's wheel
+# is downloaded once into ~/.cache/cnfax/sbibm (or $CNFAX_SBIBM_CACHE)
 .PHONY: bench-sbi
 bench-sbi: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) experiments/benchmark.py --sections sbi $(ARGS)
 
 # Maximum likelihood vs + RNODE vs flow matching on three toys (about an hour on 2 CPU cores)

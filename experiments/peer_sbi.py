@@ -1,0 +1,85 @@
+"""sbi 0.27.0's NPE as the peer of the SBI benchmark (experiments/bench_sbi.py).
+
+NPE (sbi's ``NPE`` = ``NPE_C``) with a neural spline flow (``density_estimator="nsf"``,
+sbibm's choice for NPE) and sbi's default training: Adam 5e-4, batch 200, a 10 %
+validation split, early stopping after 20 epochs without improvement, the best weights
+restored. It is trained on the very pairs cnfax's ``--dataset TASK --simulations N
+--seed S`` draws (:meth:`~cnfax.data.sbi.SBITask.joint` with the same generator), all N
+of them: sbi splits off its own validation set, as cnfax does (cnfax also keeps 10 % as
+a test split it never trains on). The prior is the task's: ``BoxUniform`` on the prior
+box, else Gaussian linear's N(0, 0.1 I). ``posterior.sample`` rejects draws outside the
+prior's support, as sbi always does.
+
+torch and sbi are imported inside the functions: the optional ``peers`` extra, never
+``make test``'s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from cnfax.data.sbi import SBI_TASKS, GaussianLinear
+
+
+def simulations(task_name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n (theta, x) pairs of cnfax's ``--dataset task_name --simulations n --seed seed``
+    (data/dataset.py's ``_simulated`` draws them with this generator)."""
+    return SBI_TASKS[task_name].joint(np.random.default_rng([seed, 12]), n)
+
+
+def torch_prior(task_name: str):
+    """The task's prior as a torch distribution sbi accepts."""
+    import torch
+    from sbi.utils import BoxUniform
+
+    task = SBI_TASKS[task_name]
+    box = task.prior_box
+    if box is not None:
+        low, high = (torch.as_tensor(bound, dtype=torch.float32) for bound in box.bounds())
+        return BoxUniform(low=low, high=high)
+    if not isinstance(task, GaussianLinear):
+        raise ValueError(f"{task_name}: no torch prior is written for this task")
+    mean = torch.zeros(task.theta_dim)
+    covariance = task.prior_variance * torch.eye(task.theta_dim)
+    return torch.distributions.MultivariateNormal(mean, covariance)
+
+
+class NPEPosterior:
+    """sbi's posterior behind cnfax's ``sample(key, n, condition=x_o)`` signature, so the
+    benchmark scores both the same way."""
+
+    def __init__(self, posterior, seed: int):
+        self.posterior, self.seed = posterior, seed
+
+    def sample(self, key, n: int, condition) -> np.ndarray:
+        import jax
+        import torch
+
+        torch.manual_seed(int(jax.random.randint(key, (), 0, 2**31 - 1)) ^ self.seed)
+        x_o = torch.as_tensor(np.asarray(condition, np.float32))[None]
+        theta = self.posterior.sample((n,), x=x_o, show_progress_bars=False)
+        return theta.numpy().astype(np.float64)
+
+
+def train_npe(task_name: str, n: int, seed: int) -> dict:
+    """NPE trained on the n pairs; the training seconds, epochs and the posterior."""
+    import torch
+    from sbi.inference import NPE
+
+    theta, x = simulations(task_name, n, seed)
+    torch.manual_seed(seed)
+    inference = NPE(prior=torch_prior(task_name), density_estimator="nsf", show_progress_bars=False)
+    inference.append_simulations(
+        torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+    )
+    start = time.perf_counter()
+    estimator = inference.train()
+    seconds = time.perf_counter() - start
+    summary = inference.summary
+    return {
+        "training_seconds": seconds,
+        "iters": f"{summary['epochs_trained'][-1]} epochs",
+        "model": NPEPosterior(inference.build_posterior(estimator), seed),
+    }
