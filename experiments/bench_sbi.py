@@ -131,9 +131,13 @@ def sbi_section(
 
     for task_name in tasks:
         for n in simulations:
-            methods = [("cnfax default", lambda: cnfax_run(task_name, n, out / "sbi", iters))]
+            methods = [
+                ("cnfax default", lambda t=task_name, n=n: cnfax_run(t, n, out / "sbi", iters))
+            ]
             if peer is None:
-                methods.append(("sbi NPE", lambda: peer_sbi.train_npe(task_name, n, seed=0)))
+                methods.append(
+                    ("sbi NPE", lambda t=task_name, n=n: peer_sbi.train_npe(t, n, seed=0))
+                )
             for method, run_method in methods:
                 run = run_method()
                 model = run.pop("model")

@@ -35,6 +35,7 @@ def default_compilation_cache() -> str:
     else ~/.cache/cnfax/jax."""
     return os.environ.get(CACHE_VARIABLE, "~/.cache/cnfax/jax")
 
+
 _RENAMED = ("kinetic_energy", "jacobian_norm", "t1_penalty")
 
 
