@@ -39,6 +39,15 @@ def plot_panels(
     samples = np.asarray(flow.sample(key, n_samples))
     axes[2].hist2d(samples[:, 0], samples[:, 1], bins=[bins, bins], cmap="inferno")
     axes[2].set_title("model samples")
+    return save_square_panels(fig, axes, path, title)
+
+
+def save_square_panels(fig, axes, path: str | Path, title: str | None, *, rect=None) -> Path:
+    """Each panel [-LIMIT, LIMIT]^2, square and unticked; the title (if any) above them;
+    the figure written to ``path`` and closed. ``rect``: tight_layout's area for the
+    panels."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.set_xlim(-LIMIT, LIMIT)
         ax.set_ylim(-LIMIT, LIMIT)
@@ -47,7 +56,7 @@ def plot_panels(
         ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     path = Path(path)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -68,17 +77,7 @@ def plot_trajectory(flow, path: str | Path, *, key, n_points: int = 2000, n_time
     for ax, t, state in zip(axes, np.asarray(ts), states, strict=True):
         ax.scatter(state[:, 0], state[:, 1], c=colour, cmap="hsv", s=2, linewidths=0)
         ax.set_title(f"t = {t:.2f}")
-        ax.set_xlim(-LIMIT, LIMIT)
-        ax.set_ylim(-LIMIT, LIMIT)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("base (t = 0) to data (t = T)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_square_panels(fig, axes, path, "base (t = 0) to data (t = T)")
 
 
 def plot_image_grid(

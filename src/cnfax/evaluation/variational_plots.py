@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
-from cnfax.evaluation.plots import LIMIT, density_grid
+from cnfax.evaluation.plots import LIMIT, density_grid, save_square_panels
 
 
 def target_density_grid(target: Callable, resolution: int = 100, limit: float = LIMIT):
@@ -47,19 +47,8 @@ def plot_target_panels(flow, target: Callable, samples: np.ndarray, path, *, tit
     if np.max(target_density) > 0:
         axes[2].contour(axis, axis, target_density, levels=6, colors="k", linewidths=0.7)
     axes[2].set_title("samples of q over the target's contours")
-    for ax in axes:
-        ax.set_xlim(-LIMIT, LIMIT)
-        ax.set_ylim(-LIMIT, LIMIT)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.93) if title else None)  # the title above the panels'
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    rect = (0, 0, 1, 0.93) if title else None  # the title above the panels'
+    return save_square_panels(fig, axes, path, title, rect=rect)
 
 
 def read_curves(metrics_path: str | Path) -> dict[str, np.ndarray]:
