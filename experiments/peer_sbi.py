@@ -4,7 +4,7 @@ NPE (sbi's ``NPE`` = ``NPE_C``) with a neural spline flow (``density_estimator="
 sbibm's choice for NPE) and sbi's default training: Adam 5e-4, batch 200, a 10 %
 validation split, early stopping after 20 epochs without improvement, the best weights
 restored. It is trained on the very pairs cnfax's ``--dataset TASK --simulations N
---seed S`` draws (:meth:`~cnfax.data.sbi.SBITask.joint` with the same generator), all N
+--seed S`` draws (:func:`cnfax.data.dataset.simulated_pairs`), all N
 of them: sbi splits off its own validation set, as cnfax does (cnfax also keeps 10 % as
 a test split it never trains on). The prior is the task's: ``BoxUniform`` on the prior
 box, else Gaussian linear's N(0, 0.1 I). ``posterior.sample`` rejects draws outside the
@@ -20,13 +20,8 @@ import time
 
 import numpy as np
 
+from cnfax.data.dataset import simulated_pairs
 from cnfax.data.sbi import SBI_TASKS, GaussianLinear
-
-
-def simulations(task_name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n (theta, x) pairs of cnfax's ``--dataset task_name --simulations n --seed seed``
-    (data/dataset.py's ``_simulated`` draws them with this generator)."""
-    return SBI_TASKS[task_name].joint(np.random.default_rng([seed, 12]), n)
 
 
 def torch_prior(task_name: str):
@@ -68,7 +63,7 @@ def train_npe(task_name: str, n: int, seed: int) -> dict:
     import torch
     from sbi.inference import NPE
 
-    theta, x = simulations(task_name, n, seed)
+    theta, x = simulated_pairs(task_name, n, seed)
     torch.manual_seed(seed)
     inference = NPE(prior=torch_prior(task_name), density_estimator="nsf", show_progress_bars=False)
     inference.append_simulations(

@@ -253,6 +253,12 @@ def _tabular(path, seed, dequantize, condition_columns, bounds=()) -> SplitDatas
     )
 
 
+def simulated_pairs(name: str, seed: int, simulations: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (theta, x) pairs of ``--dataset name --simulations simulations --seed seed``,
+    before any split (the SBI benchmark's peer trains on the same pairs)."""
+    return SBI_TASKS[name].joint(np.random.default_rng([seed, 12]), simulations)
+
+
 def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
     flow models theta given x, both standardised with the training split's statistics.
@@ -265,7 +271,7 @@ def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     if simulations < MIN_ROWS:
         raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
     task = SBI_TASKS[name]
-    theta, x = task.joint(np.random.default_rng([seed, 12]), simulations)
+    theta, x = simulated_pairs(name, seed, simulations)
     splits, conditions = split_rows(theta, seed), split_rows(x, seed)
     box = task.prior_box
     if box is None:
