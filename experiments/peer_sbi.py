@@ -63,7 +63,7 @@ def train_npe(task_name: str, n: int, seed: int) -> dict:
     import torch
     from sbi.inference import NPE
 
-    theta, x = simulated_pairs(task_name, n, seed)
+    theta, x = simulated_pairs(task_name, seed=seed, simulations=n)
     torch.manual_seed(seed)
     inference = NPE(prior=torch_prior(task_name), density_estimator="nsf", show_progress_bars=False)
     inference.append_simulations(

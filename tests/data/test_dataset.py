@@ -94,3 +94,18 @@ def test_condition_columns_split_a_table_into_targets_and_conditions(tmp_path):
         make_dataset("tabular", 0, str(path), condition_columns=("e",))
     with pytest.raises(DataError, match="leave no column to model"):
         make_dataset("tabular", 0, str(path), condition_columns=("a", "b", "c", "d"))
+
+
+def test_simulated_pairs_take_the_seed_and_the_budget_by_name():
+    """The benchmark's NPE peer trains on simulated_pairs(task, seed=, simulations=): the
+    pairs are the dataset's own, as many as asked, and the two integers cannot be swapped
+    by position (that once drew no pairs at all from seed 10,000)."""
+    from cnfax.data.dataset import simulated_pairs
+
+    theta, x = simulated_pairs("sbi-two-moons", seed=0, simulations=300)
+    assert theta.shape == (300, 2) and x.shape == (300, 2)
+    test_theta = make_dataset("sbi-two-moons", seed=0, simulations=300).raw("test")
+    matches = np.isclose(test_theta[:, None, :], theta[None]).all(axis=2)
+    assert matches.any(axis=1).all()  # every held-out theta is one of these pairs'
+    with pytest.raises(TypeError):
+        simulated_pairs("sbi-two-moons", 0, 300)

@@ -253,9 +253,10 @@ def _tabular(path, seed, dequantize, condition_columns, bounds=()) -> SplitDatas
     )
 
 
-def simulated_pairs(name: str, seed: int, simulations: int) -> tuple[np.ndarray, np.ndarray]:
+def simulated_pairs(name: str, *, seed: int, simulations: int) -> tuple[np.ndarray, np.ndarray]:
     """The (theta, x) pairs of ``--dataset name --simulations simulations --seed seed``,
-    before any split (the SBI benchmark's peer trains on the same pairs)."""
+    before any split (the SBI benchmark's peer trains on the same pairs). Keyword-only:
+    two integers in the wrong order would silently draw another dataset."""
     return SBI_TASKS[name].joint(np.random.default_rng([seed, 12]), simulations)
 
 
@@ -271,7 +272,7 @@ def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     if simulations < MIN_ROWS:
         raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
     task = SBI_TASKS[name]
-    theta, x = simulated_pairs(name, seed, simulations)
+    theta, x = simulated_pairs(name, seed=seed, simulations=simulations)
     splits, conditions = split_rows(theta, seed), split_rows(x, seed)
     box = task.prior_box
     if box is None:
