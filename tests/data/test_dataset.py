@@ -4,7 +4,7 @@ digits in range, and held-out log-determinants that match the preprocessing."""
 import numpy as np
 import pytest
 
-from cnfax.data.dataset import SplitDataset, make_dataset, split_rows
+from cnfax.data.dataset import SplitDataset, make_dataset, simulated_pairs, split_rows
 from cnfax.data.preprocess import Identity
 from cnfax.data.sbi import TwoMoons
 from cnfax.data.tabular import DataError
@@ -100,8 +100,6 @@ def test_simulated_pairs_take_the_seed_and_the_budget_by_name():
     """The benchmark's NPE peer trains on simulated_pairs(task, seed=, simulations=): the
     pairs are the dataset's own, as many as asked, and the two integers cannot be swapped
     by position (that once drew no pairs at all from seed 10,000)."""
-    from cnfax.data.dataset import simulated_pairs
-
     theta, x = simulated_pairs("sbi-two-moons", seed=0, simulations=300)
     assert theta.shape == (300, 2) and x.shape == (300, 2)
     test_theta = make_dataset("sbi-two-moons", seed=0, simulations=300).raw("test")
