@@ -67,6 +67,34 @@ def test_early_stopping_ends_the_run_and_keeps_the_best():
     assert nll == pytest.approx(min(history.validation_nll), abs=1e-4)
 
 
+def test_validating_every_few_epochs_counts_patience_in_validations():
+    """validate_every=2: the validation NLL is computed after epochs 1, 3, 5, ... only,
+    patience counts those validations, and the weights returned are the best validated
+    epoch's (the early-stopping set-up above, which stops well before 200 epochs)."""
+    x = _gaussian(120, seed=1)
+    trained, history = cnfax.fit(
+        _flow(1),
+        x,
+        key=jax.random.key(1),
+        max_epochs=200,
+        learning_rate=3e-2,
+        patience=2,
+        validate_every=2,
+        ema_decay=0.0,
+        warmup_steps=0,
+        **FAST,
+    )
+    assert history.stopped_early and len(history.train_loss) == history.epochs < 200
+    assert history.validation_epochs == list(range(1, history.epochs, 2))
+    assert len(history.validation_nll) == len(history.validation_epochs)
+    best = int(np.argmin(history.validation_nll))
+    assert history.best_epoch == history.validation_epochs[best]
+    assert len(history.validation_epochs) - 1 - best == 2  # stopped 2 validations after
+    rows = x[history.validation_index[:128]].astype(np.float32)
+    nll, _ = held_out_nll(evaluation_flow(trained, tol=1e-4), rows)
+    assert nll == pytest.approx(history.best_validation_nll, abs=1e-4)
+
+
 def test_a_conditional_fit_learns_p_theta_given_x():
     """theta ~ N(0, I), x = theta + 0.3 noise: the posterior is narrow, so a model of
     p(theta | x) scores far better than the prior's entropy (2.84 nats) on held-out pairs."""
@@ -96,6 +124,8 @@ def test_bad_input_is_refused_before_any_step():
         cnfax.fit(_flow(condition_dim=2), np.ones((10, 2)), key=jax.random.key(0))
     with pytest.raises(ValueError, match="validation_fraction"):
         cnfax.fit(_flow(), np.ones((10, 2)), key=jax.random.key(0), validation_fraction=1.0)
+    with pytest.raises(ValueError, match="validate_every"):
+        cnfax.fit(_flow(), np.ones((10, 2)), key=jax.random.key(0), validate_every=0)
     x = np.ones((10, 2))
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="finite|NaN"):

@@ -42,13 +42,14 @@ from cnfax.train.step import Steps
 
 @dataclasses.dataclass
 class FitHistory:
-    """Per epoch: the mean training loss and the EMA weights' validation NLL (nats; of
-    theta given its condition for conditional data); which epoch was kept, and why the
-    training ended."""
+    """Per epoch the mean training loss; per validation (every ``validate_every`` epochs)
+    the EMA weights' validation NLL (nats; of theta given its condition for conditional
+    data) and its epoch; which epoch was kept, and why the training ended."""
 
     train_loss: list[float] = dataclasses.field(default_factory=list)
     validation_nll: list[float] = dataclasses.field(default_factory=list)
-    best_epoch: int = -1  # 0-based index into the lists above
+    validation_epochs: list[int] = dataclasses.field(default_factory=list)  # 0-based
+    best_epoch: int = -1  # 0-based index into train_loss; one of validation_epochs
     validation_index: np.ndarray | None = None  # rows of x held out (NLL on the first
     # validation_size of them)
     stopped_early: bool = False
@@ -61,7 +62,7 @@ class FitHistory:
 
     @property
     def best_validation_nll(self) -> float:
-        return self.validation_nll[self.best_epoch]
+        return self.validation_nll[self.validation_epochs.index(self.best_epoch)]
 
 
 class FitFailed(RuntimeError):
@@ -113,6 +114,7 @@ def fit_data(
     validation_fraction: float = 0.1,
     validation_size: int = 2048,
     patience: int = 20,
+    validate_every: int = 1,
     eval_tol: float = 1e-5,
     train_tol: float = 1e-3,
     max_failures: int = 10,
@@ -137,9 +139,12 @@ def fit_data(
             (:mod:`cnfax.train.ema`; 0 keeps the raw weights).
         validation_fraction, validation_size: a random held-out share of the rows; the
             validation NLL (exact trace, ``rtol = atol = eval_tol``) of the EMA weights is
-            computed on up to ``validation_size`` of them after each epoch.
-        patience: stop after this many epochs without a lower validation NLL; the best
-            epoch's weights are returned.
+            computed on up to ``validation_size`` of them after every ``validate_every``
+            epochs and after the last. A flow-matching step costs no solve, so for it the
+            validation solve, not the training, dominates an epoch of a small sample:
+            validating every few epochs is what makes hundreds of epochs affordable.
+        patience: stop after this many validations without a lower validation NLL; the
+            best validated epoch's weights are returned.
         max_failures: consecutive rejected steps (a failed solve, a non-finite loss or
             gradient; nothing is updated by them) before :class:`FitFailed`.
     """
@@ -156,8 +161,14 @@ def fit_data(
     for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if patience < 1 or max_failures < 1 or validation_size < 1:
-        raise ValueError("patience, max_failures and validation_size must be positive")
+    for name, value in (
+        ("patience", patience),
+        ("max_failures", max_failures),
+        ("validation_size", validation_size),
+        ("validate_every", validate_every),
+    ):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     objective = FlowMatching(sigma_min=1e-3) if objective is None else objective
     if isinstance(objective, FlowMatching):
         objective.check_model(flow.num_blocks, condition is not None, flow.learn_t1)
@@ -210,9 +221,12 @@ def fit_data(
                 continue
             ema.update(flow)
             losses.append(outcome.loss)
-        nll, _ = held_out_nll(evaluator, validation, mesh=mesh)
         history.train_loss.append(float(np.mean(losses)) if losses else math.nan)
+        if (epoch + 1) % validate_every and epoch + 1 < max_epochs:
+            continue
+        nll, _ = held_out_nll(evaluator, validation, mesh=mesh)
         history.validation_nll.append(nll)
+        history.validation_epochs.append(epoch)
         improved = math.isfinite(nll) and (best.empty or nll < history.best_validation_nll)
         if improved:
             history.best_epoch = epoch
