@@ -45,9 +45,12 @@ def test_fit_returns_the_best_epochs_ema_weights_and_leaves_the_input_alone():
         np.testing.assert_array_equal(a, b)  # fit trained a copy
 
 
-def test_early_stopping_ends_the_run_and_keeps_the_best():
+@pytest.mark.parametrize("validate_every, patience", [(1, 3), (2, 2)])
+def test_early_stopping_ends_the_run_and_keeps_the_best(validate_every, patience):
     """A tiny sample and a large step size: the validation NLL stops improving, and the
-    fit ends ``patience`` epochs after its best, returning that best."""
+    fit ends ``patience`` validations after its best, returning that best. With
+    validate_every=2 the validation NLL is computed after epochs 1, 3, 5, ... only, and
+    patience counts those validations."""
     x = _gaussian(120, seed=1)
     trained, history = cnfax.fit(
         _flow(1),
@@ -55,41 +58,19 @@ def test_early_stopping_ends_the_run_and_keeps_the_best():
         key=jax.random.key(1),
         max_epochs=200,
         learning_rate=3e-2,
-        patience=3,
-        ema_decay=0.0,
-        warmup_steps=0,
-        **FAST,
-    )
-    assert history.stopped_early and history.epochs < 200
-    assert history.epochs - 1 - history.best_epoch == 3
-    rows = x[history.validation_index[:128]].astype(np.float32)
-    nll, _ = held_out_nll(evaluation_flow(trained, tol=1e-4), rows)
-    assert nll == pytest.approx(min(history.validation_nll), abs=1e-4)
-
-
-def test_validating_every_few_epochs_counts_patience_in_validations():
-    """validate_every=2: the validation NLL is computed after epochs 1, 3, 5, ... only,
-    patience counts those validations, and the weights returned are the best validated
-    epoch's (the early-stopping set-up above, which stops well before 200 epochs)."""
-    x = _gaussian(120, seed=1)
-    trained, history = cnfax.fit(
-        _flow(1),
-        x,
-        key=jax.random.key(1),
-        max_epochs=200,
-        learning_rate=3e-2,
-        patience=2,
-        validate_every=2,
+        patience=patience,
+        validate_every=validate_every,
         ema_decay=0.0,
         warmup_steps=0,
         **FAST,
     )
     assert history.stopped_early and len(history.train_loss) == history.epochs < 200
-    assert history.validation_epochs == list(range(1, history.epochs, 2))
-    assert len(history.validation_nll) == len(history.validation_epochs)
+    validated = list(range(validate_every - 1, history.epochs, validate_every))
+    assert history.validation_epochs == validated
+    assert len(history.validation_nll) == len(validated)
     best = int(np.argmin(history.validation_nll))
-    assert history.best_epoch == history.validation_epochs[best]
-    assert len(history.validation_epochs) - 1 - best == 2  # stopped 2 validations after
+    assert history.best_epoch == validated[best]
+    assert len(validated) - 1 - best == patience  # stopped `patience` validations after
     rows = x[history.validation_index[:128]].astype(np.float32)
     nll, _ = held_out_nll(evaluation_flow(trained, tol=1e-4), rows)
     assert nll == pytest.approx(history.best_validation_nll, abs=1e-4)

@@ -158,10 +158,9 @@ def fit_data(
         check_condition(condition, flow.condition_dim, (len(x),))
         condition = np.asarray(condition).astype(dtype).reshape(-1, flow.condition_dim)
         condition = np.broadcast_to(condition, (len(x), flow.condition_dim))
-    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for name, value in (
+        ("max_epochs", max_epochs),
+        ("batch_size", batch_size),
         ("patience", patience),
         ("max_failures", max_failures),
         ("validation_size", validation_size),
