@@ -1,6 +1,8 @@
 """cnfax.fit end to end: arrays in, the best epoch's EMA weights out, early stopping, a
 conditional fit, and bad input refused before any step."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -43,6 +45,25 @@ def test_fit_returns_the_best_epochs_ema_weights_and_leaves_the_input_alone():
     assert history.best_validation_nll < untrained - 1.0
     for a, b in zip(before, jax.tree.leaves(nnx.state(flow, nnx.Param)), strict=True):
         np.testing.assert_array_equal(a, b)  # fit trained a copy
+
+
+def test_a_second_fit_alike_compiles_nothing(caplog):
+    """A fresh flow and optimizer built alike (equal SolveOptions, the cached optax chain)
+    are the same static data to every jitted function, so a second fit of the same shapes
+    in one process reuses the first's compiled steps, EMA update and validation solve."""
+    jax.clear_caches()
+    x = _gaussian(200, seed=2)
+    options = dict(FAST, max_epochs=1, objective=cnfax.MaximumLikelihood())
+
+    def compiles():
+        caplog.clear()
+        with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+            cnfax.fit(_flow(3), x, key=jax.random.key(3), **options)
+        return [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+
+    first = compiles()
+    assert any("train_step" in message for message in first), first
+    assert compiles() == []
 
 
 @pytest.mark.parametrize("validate_every, patience", [(1, 3), (2, 2)])

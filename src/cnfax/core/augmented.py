@@ -61,7 +61,14 @@ REGULARIZER_KEYS = Regularizers._fields
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SolveOptions:
-    """How the ODE is solved. Hashed by identity, so NNX can keep it as static data.
+    """How the ODE is solved: static data of the CNF's graph, so part of every jitted
+    function's cache key.
+
+    Equal options compare and hash equal (by the pytree leaves and structure of solver,
+    controller and adjoint), so two flows built alike, or one rebuilt by a second
+    ``cnfax.fit`` or ``make train`` in the same process, reuse the steps already
+    compiled. Options holding an unhashable leaf (an array rtol, say) fall back to
+    identity, which is always sound and only costs a recompile.
 
     Build it with :meth:`create`, which fills in FFJORD's defaults and checks the values;
     :meth:`replace` changes some options and re-checks the result.
@@ -106,6 +113,29 @@ class SolveOptions:
         return cls(
             solver, stepsize_controller, adjoint, dt0, max_steps, per_sample, throw, count_backward
         )
+
+    def _value_key(self):
+        """(pytree structure, leaves) of all the options, or None if a leaf is unhashable."""
+        options = tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+        leaves, structure = jax.tree.flatten(options)
+        key = (structure, tuple((type(leaf), leaf) for leaf in leaves))
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, SolveOptions):
+            return NotImplemented
+        mine, theirs = self._value_key(), other._value_key()
+        return mine is not None and mine == theirs
+
+    def __hash__(self) -> int:
+        key = self._value_key()
+        return id(self) if key is None else hash(key)
 
     def replace(self, **changes) -> SolveOptions:
         names = {field.name for field in dataclasses.fields(self)}

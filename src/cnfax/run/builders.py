@@ -5,6 +5,7 @@ each step trains at. (The flow itself is built from the model's description:
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import optax
@@ -42,6 +43,10 @@ def build_dataset(config: Config) -> Dataset:
     )
 
 
+# adamw and schedule are cached: an optax transformation is a pair of pure functions, and
+# the optimizer is static data of every jitted step, so a new but equal chain for each
+# training would make every cnfax.fit / train() in a process compile its steps again.
+@functools.cache
 def adamw(
     learning_rate: float | optax.Schedule, weight_decay: float, grad_clip: float
 ) -> optax.GradientTransformation:
@@ -55,6 +60,7 @@ def adamw(
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
 
 
+@functools.cache
 def schedule(lr: float, kind: str, warmup_steps: int, total_steps: int) -> float | optax.Schedule:
     """The learning rate as a function of the count of applied updates (which the
     optimizer's state holds and checkpoints, so a resumed run continues it exactly; the
