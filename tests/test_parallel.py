@@ -16,7 +16,9 @@ from cnfax.run.config import Config
 from cnfax.train import train
 
 FOUR_DEVICES = dict(
-    os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    os.environ,
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
 )
 
 

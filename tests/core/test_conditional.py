@@ -569,7 +569,8 @@ def test_conditional_batches_shard_over_four_devices():
     """shard_batch splits a conditional batch's x and y alike, and the sharded gradient of
     maximum likelihood (embedding included) is the mean of per-shard gradients (measured
     2e-9 relative); sharded log p(x | y) equals the one-device answer to the tolerance."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(Path(cnfax.__file__).parents[1])  # this checkout's cnfax
     done = subprocess.run(
