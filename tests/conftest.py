@@ -18,17 +18,6 @@ from hypothesis import HealthCheck, settings
 # their own directory, and `isolated_compilation_cache` closes it after them.
 os.environ["CNFAX_COMPILATION_CACHE"] = ""
 
-# The suite's functions are small and each runs a few times, so compiling them dominates:
-# LLVM at -O0 compiles 28% faster (a small fit's steps: 9.6 s -> 6.9 s) and took the four
-# modules of the Makefile's measurement from 332 s to 293 s under two workers. The tests'
-# tolerances are unchanged (XLA's CPU fast math stays off). Not for the accelerator
-# profile, whose many examples make run time count. JAX reads the flags when it starts its
-# backend, so setting them here, before any test runs, is in time; subprocesses inherit them.
-if os.environ.get("CNFAX_HYPOTHESIS_PROFILE") != "accelerator":
-    _fast_compile = "--xla_backend_optimization_level=0"
-    if _fast_compile not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast_compile}".strip()
-
 _common = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
