@@ -28,6 +28,7 @@ solver, controller and adjoint see the same forward-in-time problem either way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import diffrax
@@ -133,9 +134,15 @@ class SolveOptions:
         mine, theirs = self._value_key(), other._value_key()
         return mine is not None and mine == theirs
 
-    def __hash__(self) -> int:
+    @functools.cached_property
+    def _hash(self) -> int:
+        # Once per options object (they are frozen): every jitted call hashes the flow's
+        # graph. Only the int is kept, which any copy of the options may share.
         key = self._value_key()
         return id(self) if key is None else hash(key)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def replace(self, **changes) -> SolveOptions:
         names = {field.name for field in dataclasses.fields(self)}
