@@ -59,8 +59,9 @@ def linear_q_covariance(matrix, end_time):
     return m @ m.T
 
 
-def linear_flow(matrix=MATRIX):
-    return cnfax.CNF(LinearField(jnp.asarray(matrix)), t1=END_TIME, stepsize_controller=TIGHT)
+def linear_flow(matrix=MATRIX, trace=None):
+    field = LinearField(jnp.asarray(matrix))
+    return cnfax.CNF(field, t1=END_TIME, stepsize_controller=TIGHT, trace=trace)
 
 
 @pytest.mark.parametrize("matrix", [np.zeros((2, 2)), MATRIX], ids=["zero-field", "linear"])
@@ -129,16 +130,16 @@ def test_gradient_matches_central_differences_on_a_tiny_field():
 def per_batch_gradients(estimator, target, matrix, z0s, trace=None):
     """The gradient in A of each batch's loss, for batches z0s (k, m, 2): shape (k, 4).
     With a Hutchinson ``trace``, batch i's noise comes from key i."""
-    field = LinearField(jnp.asarray(matrix))
-    flow = cnfax.CNF(field, t1=END_TIME, stepsize_controller=TIGHT, trace=trace)
+    flow = linear_flow(matrix, trace)
     objective = ReverseKL(target, estimator)
     graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
 
     def loss(p, z0, key):
         return objective(nnx.merge(graphdef, p, rest), z0, key)[0]
 
-    keys = jax.random.split(jax.random.key(5), len(z0s)) if trace is not None else None
-    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0 if trace else None)))(
+    random = trace is not None
+    keys = jax.random.split(jax.random.key(5), len(z0s)) if random else None
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0 if random else None)))(
         params, z0s, keys
     )
     return np.asarray(jax.tree.leaves(grads)[0]).reshape(len(z0s), -1)
