@@ -83,16 +83,16 @@ class TrainedModel:
         each row its own."""
         check_points(np.zeros((1, self.dim), np.float32) if _is_traced(x) else x, self.dim, "x")
         if _is_traced(x):  # inside a user's jit: the preprocessing runs in JAX
-            y, log_det = self.preprocessing.to_flow(x)
             if condition is not None:
                 condition, _ = self.condition_preprocessing.to_flow(condition)
+            y, log_det = self.preprocessing.to_flow(x, condition)
             return to_data_units(self.flow.log_prob(y, condition=condition), log_det)
         x = np.asarray(x, np.float64)
         single = x.ndim == 1
         x = x.reshape(-1, self.dim)
         given = self._condition(condition, len(x))
-        self.preprocessing.check_support(x)
-        y, log_det = self.preprocessing.to_flow(x)
+        self.preprocessing.check_support(x, given)
+        y, log_det = self.preprocessing.to_flow(x, given)
         logp = to_data_units(self._flow_log_prob(y, given), log_det)
         return jnp.asarray((logp[0] if single else logp).astype(jnp.result_type(float)))
 
@@ -100,10 +100,9 @@ class TrainedModel:
         """n samples in data units (float64), shape (n, dim); with a condition of shape
         (c,), n draws given it; of shape (n, c), one draw per row."""
         given = self._condition(condition, n)
-        if given is not None:
-            given = jnp.asarray(given.astype(jnp.result_type(float)))
-        y = np.asarray(self.flow.sample(key, n, condition=given), np.float64)
-        return self.preprocessing.from_flow(y)
+        features = None if given is None else jnp.asarray(given.astype(jnp.result_type(float)))
+        y = np.asarray(self.flow.sample(key, n, condition=features), np.float64)
+        return self.preprocessing.from_flow(y, given)
 
     @property
     def levels(self) -> int | None:

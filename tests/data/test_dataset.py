@@ -53,16 +53,19 @@ def test_simulated_pairs_keep_each_theta_with_its_own_x():
     likelihood p(x | theta) is positive (a mispaired x lies off theta's thin moon)."""
     data = make_dataset("sbi-two-moons", seed=0, simulations=500)
     batch = data.train_batch(3, 64)
-    theta = data.preprocessing.from_flow(batch["x"].astype(np.float64))
+    given = batch["condition"].astype(np.float64)
+    theta = data.preprocessing.from_flow(batch["x"].astype(np.float64), given)
     x = data.condition_preprocessing.from_flow(batch["condition"].astype(np.float64))
     assert np.all(np.isfinite(TwoMoons().log_likelihood(x, theta)))
     held, log_det = data.held_out("test")
     assert held["x"].shape == (50, 2) and held["condition"].shape == (50, 2)
-    # theta lies in the prior's box (-1, 1)^2: the Box map's log-det, then the logits' scale
+    # theta lies in the prior's box (-1, 1)^2: the Box map's log-det, then the logits'
+    # scale, then the whitening's -log|det L|
     raw = data.raw("test")
     box_log_det = np.sum(np.log(2.0) - np.log(raw + 1) - np.log(1 - raw), axis=1)
-    scale = data.preprocessing.steps[1].scale
-    np.testing.assert_allclose(log_det, box_log_det - np.sum(np.log(scale)), rtol=1e-5)
+    _, standardize, whitening = data.preprocessing.steps
+    expected = box_log_det - np.sum(np.log(standardize.scale)) + whitening.log_det
+    np.testing.assert_allclose(log_det, expected, rtol=1e-5)
     assert make_dataset("sbi-gaussian-linear", 0, simulations=100).condition_dim == 10
 
 

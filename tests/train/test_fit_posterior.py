@@ -27,15 +27,26 @@ def _box_pairs(n=400, seed=0):
     return theta, x
 
 
-def test_draws_lie_inside_the_bounds_and_log_prob_is_the_hand_computation():
+@pytest.mark.parametrize("whiten", [False, True])
+def test_draws_lie_inside_the_bounds_and_log_prob_is_the_hand_computation(whiten):
     """Two epochs: the flow is rough, but the maps are exact. log p(theta | x) in the
     user's units is the flow's log-density of z = (g(theta) - m) / s given
     c = (x - m_x) / s_x plus log|det dg/dtheta| - sum log s, with g = (logit of
-    (theta_1 + 1) / 2, log theta_2) written out here; -inf outside the bounds."""
+    (theta_1 + 1) / 2, log theta_2) written out here; -inf outside the bounds. Whitened,
+    the flow sees L^{-1} (z - [c, 1] B) instead, B the least-squares coefficients of the
+    training z on [c, 1] and L L^T their residuals' covariance (+ 1e-6 I), and the
+    log-density gains -log det L."""
     theta, x = _box_pairs()
     bounds = (np.array([-1.0, 0.0]), np.array([1.0, np.inf]))
     posterior, history = cnfax.fit_posterior(
-        _flow(), theta, x, key=jax.random.key(0), bounds=bounds, max_epochs=2, **FAST
+        _flow(),
+        theta,
+        x,
+        key=jax.random.key(0),
+        bounds=bounds,
+        whiten=whiten,
+        max_epochs=2,
+        **FAST,
     )
     assert isinstance(posterior, cnfax.TrainedModel) and history.epochs == 2
     assert posterior.preprocessing.steps[0] == Box((-1.0, 0.0), (1.0, None))
@@ -48,11 +59,19 @@ def test_draws_lie_inside_the_bounds_and_log_prob_is_the_hand_computation():
     g_train = np.stack([np.log1p(theta[:, 0]) - np.log1p(-theta[:, 0]), np.log(theta[:, 1])], 1)
     m, s = g_train.mean(0), g_train.std(0)
     c = (x_o - x.mean(0)) / x.std(0)
+    z, log_det = (g - m) / s, log_dg - np.sum(np.log(s))
+    if whiten:
+        design = np.c_[(x - x.mean(0)) / x.std(0), np.ones(len(x))]
+        z_train = (g_train - m) / s
+        coefficients = np.linalg.lstsq(design, z_train, rcond=None)[0]
+        residuals = z_train - design @ coefficients
+        scale = np.linalg.cholesky(np.cov(residuals.T, bias=True) + 1e-6 * np.eye(2))
+        z = np.linalg.solve(scale, (z - np.r_[c, 1.0] @ coefficients).T).T
+        log_det = log_det - np.sum(np.log(np.diag(scale)))
     flow_log_p = posterior.flow.log_prob(
-        jnp.asarray((g - m) / s, jnp.float32),
-        condition=jnp.asarray(np.tile(c, (3, 1)), jnp.float32),
+        jnp.asarray(z, jnp.float32), condition=jnp.asarray(np.tile(c, (3, 1)), jnp.float32)
     )
-    by_hand = np.asarray(flow_log_p, np.float64) + log_dg - np.sum(np.log(s))
+    by_hand = np.asarray(flow_log_p, np.float64) + log_det
     got = np.asarray(posterior.log_prob(points, condition=x_o))
     np.testing.assert_allclose(got, by_hand, rtol=1e-4, atol=1e-4)
     outside = np.array([[1.0, 0.5], [0.2, -0.1], [-3.0, 1.0]])

@@ -35,6 +35,7 @@ from cnfax.data.preprocess import (
 )
 from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.tabular import MIN_ROWS, DataError, check_columns, load_table
+from cnfax.data.whitening import ConditionalWhitening
 
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
 
@@ -117,20 +118,28 @@ class SplitDataset(Dataset):
     def condition_dim(self) -> int:
         return 0 if self.conditions is None else self.conditions["train"].shape[1]
 
-    def _with_condition(self, x: np.ndarray, split: str, rows: np.ndarray | slice):
-        """x alone, or the conditional batch {"x": x, "condition": y}
-        (:func:`cnfax.objectives.conditional_batch`) with y in the flow's condition space."""
+    def _condition(self, split: str, rows: np.ndarray | slice) -> np.ndarray | None:
+        """The conditions of a split's rows in the flow's condition space (float64), or
+        None for unconditional data."""
         if self.conditions is None:
-            return x
+            return None
         raw = np.asarray(self.conditions[split][rows], np.float64)
-        y, _ = self.condition_preprocessing.to_flow(raw)
-        return {"x": x, "condition": y.astype(np.float32)}
+        return self.condition_preprocessing.to_flow(raw)[0]
 
-    def prepare(self, raw: np.ndarray, rng: np.random.Generator):
-        """Raw rows in the flow's space (float32) and their log-determinants. The maps run
-        in float64; only their results are cast."""
+    @staticmethod
+    def _with_condition(x: np.ndarray, condition: np.ndarray | None):
+        """x alone, or the conditional batch {"x": x, "condition": y}
+        (:func:`cnfax.objectives.conditional_batch`)."""
+        if condition is None:
+            return x
+        return {"x": x, "condition": condition.astype(np.float32)}
+
+    def prepare(self, raw: np.ndarray, rng: np.random.Generator, condition=None):
+        """Raw rows in the flow's space (float32) and their log-determinants, given their
+        flow-space conditions for conditional data. The maps run in float64; only their
+        results are cast."""
         v = self.preprocessing.randomize(np.asarray(raw, np.float64), rng)
-        y, log_det = self.preprocessing.to_flow(v)
+        y, log_det = self.preprocessing.to_flow(v, condition)
         return y.astype(np.float32), np.asarray(log_det, np.float32)
 
     def train_batch(self, step, n):
@@ -142,15 +151,17 @@ class SplitDataset(Dataset):
             for e in np.unique(epochs)
         }
         index = np.asarray([order[e][o] for e, o in zip(epochs, offsets, strict=True)])
-        x = self.prepare(rows[index], np.random.default_rng([self.seed, 4, step]))[0]
-        return self._with_condition(x, "train", index)
+        condition = self._condition("train", index)
+        x = self.prepare(rows[index], np.random.default_rng([self.seed, 4, step]), condition)[0]
+        return self._with_condition(x, condition)
 
     def held_out(self, split, size=None):
         """The whole split (with its conditions, for conditional data), with fixed
         dequantisation noise (``size`` is for streams)."""
         rng = np.random.default_rng([self.seed, 5, _SPLIT_STREAM[split]])
-        x, log_det = self.prepare(self.splits[split], rng)
-        return self._with_condition(x, split, slice(None)), log_det
+        condition = self._condition(split, slice(None))
+        x, log_det = self.prepare(self.splits[split], rng, condition)
+        return self._with_condition(x, condition), log_det
 
     def raw(self, split: str) -> np.ndarray:
         return self.splits[split]
@@ -174,12 +185,14 @@ def make_dataset(
     simulations: int = 10_000,
     conditional: bool = False,
     bounds: tuple[str, ...] = (),
+    whiten: bool = True,
 ) -> Dataset:
     """The dataset a config names: a toy density; "digits" (``conditional``: p(image |
     label)); "tabular" with ``path`` (``dequantize``: uniform noise on integer-valued
     columns; ``condition_columns``: model the other columns given these; ``bounds``: one
     "lo:hi" per modelled column, :mod:`cnfax.data.bounds`); or an SBI task, p(theta | x)
-    from ``simulations`` simulated pairs."""
+    from ``simulations`` simulated pairs (``whiten``: less theta's least-squares
+    regression on x, :mod:`cnfax.data.whitening`)."""
     if name in toy.TOY_DATASETS:
         return ToyStream(name, seed)
     if name == "digits":
@@ -191,7 +204,7 @@ def make_dataset(
     if bounds:
         raise DataError("--bounds goes with --data (a table's columns)")
     if name in SBI_TASKS:
-        return _simulated(name, seed, simulations)
+        return _simulated(name, seed, simulations, whiten)
     raise DataError(f"unknown dataset {name!r}")
 
 
@@ -260,7 +273,7 @@ def simulated_pairs(name: str, *, seed: int, simulations: int) -> tuple[np.ndarr
     return SBI_TASKS[name].joint(np.random.default_rng([seed, 12]), simulations)
 
 
-def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
+def _simulated(name: str, seed: int, simulations: int, whiten: bool = True) -> SplitDataset:
     """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
     flow models theta given x, both standardised with the training split's statistics.
 
@@ -268,7 +281,10 @@ def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     maps theta through :class:`~cnfax.data.preprocess.Box` first and standardises the
     logits (:func:`~cnfax.data.preprocess.box_then_standardize`): the flow models
     z = (logit_box(theta) - m) / s, so draws mapped back always lie inside the prior's
-    box and log p(theta | x) = log p_flow(z | x) + log|det dz/dtheta| is -inf outside it."""
+    box and log p(theta | x) = log p_flow(z | x) + log|det dz/dtheta| is -inf outside it.
+    With ``whiten``, z given the standardised x is then whitened by its least-squares
+    regression on it (:class:`~cnfax.data.whitening.ConditionalWhitening`, fitted on the
+    training split), so that an untrained flow is that conditional Gaussian."""
     if simulations < MIN_ROWS:
         raise DataError(f"{name}: {simulations} simulations is too few; at least {MIN_ROWS}")
     task = SBI_TASKS[name]
@@ -280,4 +296,9 @@ def _simulated(name: str, seed: int, simulations: int) -> SplitDataset:
     else:
         preprocessing = box_then_standardize(box, splits["train"])
     standardize = Standardize.fit(conditions["train"])
+    if whiten:
+        u, _ = preprocessing.to_flow(splits["train"])
+        c, _ = standardize.to_flow(conditions["train"])
+        steps = preprocessing.steps if isinstance(preprocessing, Chain) else (preprocessing,)
+        preprocessing = Chain((*steps, ConditionalWhitening.fit(u, c)))
     return SplitDataset(name, task.theta_dim, preprocessing, seed, splits, conditions, standardize)

@@ -24,6 +24,8 @@ the uniform dequantisation noise) and refuse points outside its support
   R^d, per column y = log(x - lo) - log(hi - x) = logit((x - lo) / (hi - lo)) (both bounds),
   log(x - lo) (lower bound only), -log(hi - x) (upper only) or x (unbounded); points
   outside the open box get log|det| = -inf, hence log-density -inf in data units.
+- :class:`~cnfax.data.whitening.ConditionalWhitening` (its own module): theta given its
+  condition, less its least-squares regression on it, whitened.
 - :class:`Chain`: maps in sequence (the digits use Logit, then Standardize, so that an
   untrained flow starts from the diagonal Gaussian rather than from N(0, I)).
 
@@ -65,18 +67,20 @@ class Preprocessing(abc.ABC):
         Preprocessing._registry[kind] = cls
 
     @abc.abstractmethod
-    def to_flow(self, x):
-        """(y = g(x), log |det dg/dx| per row)."""
+    def to_flow(self, x, condition=None):
+        """(y = g(x), log |det dg/dx| per row). ``condition``: the flow-space condition of
+        conditional data (rows of x's leading shape, or one row for all); only a map of x
+        given it (:class:`~cnfax.data.whitening.ConditionalWhitening`) reads it."""
 
     @abc.abstractmethod
-    def from_flow(self, y):
-        """x = g^{-1}(y)."""
+    def from_flow(self, y, condition=None):
+        """x = g^{-1}(y) (given ``condition``, as in :meth:`to_flow`)."""
 
     def randomize(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Training data as the model sees it (dequantisation noise); x itself by default."""
         return x
 
-    def check_support(self, x: np.ndarray) -> None:  # noqa: B027 (all of R^D by default)
+    def check_support(self, x: np.ndarray, condition=None) -> None:  # noqa: B027 (all of R^D)
         """Raise ValueError, naming the first offending entry, for x outside the support."""
 
     def to_dict(self) -> dict:
@@ -103,11 +107,11 @@ def from_dict(spec: dict) -> Preprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class Identity(Preprocessing, kind="identity"):
-    def to_flow(self, x):
+    def to_flow(self, x, condition=None):
         """y = x, log|det| = 0."""
         return x, _xp(x).zeros(x.shape[:-1], x.dtype)
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         return y
 
 
@@ -132,10 +136,10 @@ class Dequantize(Preprocessing, kind="dequantize"):
             noise = noise * mask
         return x + noise.astype(x.dtype)
 
-    def to_flow(self, x):
+    def to_flow(self, x, condition=None):
         return x, _xp(x).zeros(x.shape[:-1], x.dtype)
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         return y
 
 
@@ -159,13 +163,13 @@ class Standardize(Preprocessing, kind="standardize"):
             tuple(map(float, x.mean(axis=0))), tuple(float(s) if s > 0 else 1.0 for s in std)
         )
 
-    def to_flow(self, x):
+    def to_flow(self, x, condition=None):
         xp = _xp(x)
         mean, scale = xp.asarray(self.mean, x.dtype), xp.asarray(self.scale, x.dtype)
         log_det = -float(np.sum(np.log(self.scale)))
         return (x - mean) / scale, xp.full(x.shape[:-1], log_det, x.dtype)
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         xp = _xp(y)
         return y * xp.asarray(self.scale, y.dtype) + xp.asarray(self.mean, y.dtype)
 
@@ -183,19 +187,19 @@ class Logit(Preprocessing, kind="logit"):
     levels: int
     alpha: float = 0.05
 
-    def to_flow(self, v):
+    def to_flow(self, v, condition=None):
         xp = _xp(v)
         p = self.alpha + (1 - 2 * self.alpha) * v / self.levels
         log_p, log_1mp = xp.log(p), xp.log1p(-p)
         per_dim = math.log(1 - 2 * self.alpha) - math.log(self.levels) - log_p - log_1mp
         return log_p - log_1mp, xp.sum(per_dim, axis=-1)
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         xp = _xp(y)
         p = 1 / (1 + xp.exp(-y))
         return (p - self.alpha) / (1 - 2 * self.alpha) * self.levels
 
-    def check_support(self, x):
+    def check_support(self, x, condition=None):
         x = np.asarray(x)
         where = _first_outside(x, (x >= 0) & (x < self.levels))
         if where is not None:
@@ -287,7 +291,7 @@ class Box(Preprocessing, kind="box"):
             log_width,
         )
 
-    def to_flow(self, x):
+    def to_flow(self, x, condition=None):
         xp = _xp(x)
         self._check_width(x)
         lo, hi, has_lo, has_hi, lo_s, hi_s, inner, log_width = self._parts(xp, x.dtype)
@@ -301,7 +305,7 @@ class Box(Preprocessing, kind="box"):
         log_det = log_width - xp.sum(log_above + log_below, axis=-1)
         return y, xp.where(row_inside, log_det, -xp.inf).astype(x.dtype)
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         xp = _xp(y)
         self._check_width(y)
         lo, hi, has_lo, has_hi, lo_s, hi_s, _, _ = self._parts(xp, y.dtype)
@@ -359,16 +363,16 @@ class Chain(Preprocessing, kind="chain"):
 
     steps: tuple[Preprocessing, ...]
 
-    def to_flow(self, x):
+    def to_flow(self, x, condition=None):
         total = 0.0
         for step in self.steps:
-            x, log_det = step.to_flow(x)
+            x, log_det = step.to_flow(x, condition)
             total = total + log_det
         return x, total
 
-    def from_flow(self, y):
+    def from_flow(self, y, condition=None):
         for step in reversed(self.steps):
-            y = step.from_flow(y)
+            y = step.from_flow(y, condition)
         return y
 
     def randomize(self, x, rng):
@@ -376,11 +380,11 @@ class Chain(Preprocessing, kind="chain"):
             x = step.randomize(x, rng)
         return x
 
-    def check_support(self, x):
+    def check_support(self, x, condition=None):
         # Each map's support is stated in its own input units.
         for step in self.steps:
-            step.check_support(x)
-            x, _ = step.to_flow(x)
+            step.check_support(x, condition)
+            x, _ = step.to_flow(x, condition)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "steps": [step.to_dict() for step in self.steps]}

@@ -40,6 +40,7 @@ def build_dataset(config: Config) -> Dataset:
         simulations=config.simulations,
         conditional=config.conditional,
         bounds=config.bounds,
+        whiten=config.whiten,
     )
 
 

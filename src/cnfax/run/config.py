@@ -76,6 +76,9 @@ class Config:
     """with --dataset digits: model p(image | label), the label one-hot"""
     simulations: int = 10_000
     """with an sbi-* dataset: simulated (theta, x) pairs to learn p(theta | x) from"""
+    whiten: bool = True
+    """with an sbi-* dataset: the flow models theta less its least-squares regression on x,
+    whitened (cnfax.data.whitening), so that an untrained flow is that conditional Gaussian"""
     iters: int = 1500
     """training iterations"""
     batch_size: int = 256

@@ -6,16 +6,19 @@
 
 Neural posterior estimation on (theta, x) pairs: the conditional flow models
 
-    z = S_theta(g(theta))  given  c = S_x(x),
+    z = W_c(S_theta(g(theta)))  given  c = S_x(x),
 
 with g the box map of the prior's support (:class:`~cnfax.data.preprocess.Box`: per
 column logit((theta - lo) / (hi - lo)), log(theta - lo) or -log(hi - theta) for a side
 left unbounded; the identity without ``bounds``) and S the z-scoring fitted on the given
-rows (float64 means and standard deviations; for theta, of g(theta)). In the user's units
+rows (float64 means and standard deviations; for theta, of g(theta)), and W_c the
+conditional whitening (:class:`~cnfax.data.whitening.ConditionalWhitening`: less the
+least-squares regression on c, times L^{-1}, L the Cholesky factor of the residuals'
+covariance; ``whiten=False`` leaves it out). In the user's units
 
-    log p(theta | x) = log p_flow(z | c) + log|det dg/dtheta| - sum_i log s_i,
+    log p(theta | x) = log p_flow(z | c) + log|det dg/dtheta| - sum_i log s_i - log|det L|,
 
--inf outside the box, and draws g^{-1}(S_theta^{-1}(z)) always lie inside it. The
+-inf outside the box, and draws g^{-1}(S_theta^{-1}(W_c^{-1}(z))) always lie inside it. The
 training itself is :func:`cnfax.fit` on (z, c) (its options pass through), so the result
 is a :class:`cnfax.TrainedModel`: the trained flow (exact trace) with both maps.
 
@@ -30,7 +33,8 @@ import numpy as np
 
 from cnfax.core.checks import check_points
 from cnfax.core.flow import CNF
-from cnfax.data.preprocess import Box, Standardize, box_then_standardize
+from cnfax.data.preprocess import Box, Chain, Standardize, box_then_standardize
+from cnfax.data.whitening import ConditionalWhitening
 from cnfax.loading import TrainedModel
 from cnfax.scoring import evaluation_flow
 from cnfax.train.fit import FitHistory, fit
@@ -57,13 +61,14 @@ def _box(bounds, dim: int) -> Box:
 
 
 def fit_posterior(
-    flow: CNF, theta, x, *, key, bounds=None, **options
+    flow: CNF, theta, x, *, key, bounds=None, whiten: bool = True, **options
 ) -> tuple[TrainedModel, FitHistory]:
     """Train ``flow`` (a conditional CNF of dim d given c) on simulated pairs ``theta``
     (n, d) and ``x`` (n, c), z-scored (theta after the map of ``bounds`` = (lo, hi), the
-    prior's support, when given), with :func:`cnfax.fit` (``options``: its options), and
-    return the posterior in the user's units with the fit's history (module docstring).
-    Rows of theta outside the bounds are refused, naming the first."""
+    prior's support, when given) and whitened given x (``whiten``), with
+    :func:`cnfax.fit` (``options``: its options), and return the posterior in the user's
+    units with the fit's history (module docstring). Rows of theta outside the bounds
+    are refused, naming the first."""
     if not flow.condition_dim:
         raise ValueError(
             "fit_posterior needs a conditional CNF (a field with condition_dim = the width "
@@ -85,8 +90,12 @@ def fit_posterior(
     else:
         preprocessing = box_then_standardize(_box(bounds, flow.dim), theta)
     condition_preprocessing = Standardize.fit(x)
-    z, _ = preprocessing.to_flow(theta)
     c, _ = condition_preprocessing.to_flow(x)
+    if whiten:
+        steps = preprocessing.steps if isinstance(preprocessing, Chain) else (preprocessing,)
+        whitening = ConditionalWhitening.fit(preprocessing.to_flow(theta)[0], c)
+        preprocessing = Chain((*steps, whitening))
+    z, _ = preprocessing.to_flow(theta, c)
     trained, history = fit(flow, z, key=key, condition=c, **options)
     posterior = TrainedModel(
         evaluation_flow(trained), preprocessing, None, None, condition_preprocessing
