@@ -408,11 +408,13 @@ def test_patience_stops_a_run_whose_validation_nll_stops_improving(tmp_path, cap
 
 
 def test_an_sbi_run_on_a_prior_box_loads_as_a_density_on_that_box(tmp_path):
-    """Two moons' prior is U[-1, 1]^2, so its run models z = standardised logits of theta:
+    """Two moons' prior is U[-1, 1]^2, so its run models z = the standardised logits of theta,
+    whitened given x (cnfax.data.whitening):
     the loaded model's draws all lie inside the box (a flow on standardised theta itself,
     a rough Gaussian of std 0.58 after 8 steps, puts about 8% of 2,000 draws outside), its
     log-density is -inf outside (no NaN, no error), and inside it is the flow's log-density
-    of z plus the log-det of the box map and the standardisation, computed here by hand.
+    of z plus the log-dets of the box map, the standardisation and the whitening, computed
+    here by hand.
     make evaluate scores that bounded model: a finite grid KL and a C2ST well above 0.5
     (0.97 for such a run in a smoke test)."""
     config = Config(
@@ -430,13 +432,18 @@ def test_an_sbi_run_on_a_prior_box_loads_as_a_density_on_that_box(tmp_path):
     with pytest.raises(ValueError, match="NaN"):  # not a point at all: refused, not scored
         model.log_prob(np.array([np.nan, 0.0]), condition=x_o)
     theta = np.array([[0.2, -0.3], [-0.95, 0.99], [0.0, 0.0]])
-    box, standardize = model.preprocessing.steps
+    box, standardize, whitening = model.preprocessing.steps
     mean, scale = np.asarray(standardize.mean), np.asarray(standardize.scale)
     logits = np.log(theta + 1) - np.log(1 - theta)
-    z = (logits - mean) / scale
-    log_det = np.sum(np.log(2.0) - np.log(theta + 1) - np.log(1 - theta) - np.log(scale), 1)
+    u = (logits - mean) / scale
     condition = model.condition_preprocessing
     x_flow = (x_o - np.asarray(condition.mean)) / np.asarray(condition.scale)
+    # the whitening: z = L^{-1} (u - x W - b), log-det -sum log L_ii
+    tril = np.asarray(whitening.scale_tril)
+    residual = u - x_flow @ np.asarray(whitening.weights) - np.asarray(whitening.bias)
+    z = np.linalg.solve(tril, residual.T).T
+    log_det = np.sum(np.log(2.0) - np.log(theta + 1) - np.log(1 - theta) - np.log(scale), 1)
+    log_det = log_det - np.sum(np.log(np.diag(tril)))
     flow_log_p = model.flow.log_prob(
         jnp.asarray(z, jnp.float32), condition=jnp.asarray(np.tile(x_flow, (3, 1)), jnp.float32)
     )
