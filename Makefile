@@ -70,7 +70,8 @@ bench-vi: $(STAMP)
 	$(PY) experiments/benchmark.py --sections vi $(ARGS)
 # C2ST of make train's default against sbibm's reference samples (experiments/bench_sbi.py):
 # two moons and Gaussian linear at 10^3 and 10^4 simulations, sbibm observations 1-5, 10,000
-# draws, each beside sbi's NPE on the same simulations (the `peers` extra); sbibm's wheel
+# draws, each beside sbi's NPE on the same simulations (the `peers` extra; --sbi-peers npe fmpe
+# adds FMPE, --sbi-peers alone runs none); sbibm's wheel
 # is downloaded once into ~/.cache/cnfax/sbibm (or $CNFAX_SBIBM_CACHE)
 .PHONY: bench-sbi
 bench-sbi: $(STAMP)

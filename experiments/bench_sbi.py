@@ -113,8 +113,13 @@ def sbi_section(
     observations=OBSERVATIONS,
     draws: int = 10_000,
     iters: int | None = None,
+    peers=("npe",),
 ) -> dict:
-    """Every (task, budget) of cnfax's default, scored; writes out/sbi.{json,md}."""
+    """Every (task, budget) of cnfax's default, and beside it each of ``peers`` (names of
+    :data:`peer_sbi.PEERS`), scored; writes out/sbi.{json,md}."""
+    unknown = sorted(set(peers) - set(peer_sbi.PEERS))
+    if unknown:
+        raise ValueError(f"unknown peers {unknown}; choose from {sorted(peer_sbi.PEERS)}")
     results = {
         "protocol": (
             f"C2ST (sbibm 1.1.0's classifier) of {draws} model draws against {draws} of "
@@ -123,7 +128,8 @@ def sbi_section(
         "runs": [],
     }
     peer = sbi_peer_status()
-    results["sbi_npe"] = peer or "run beside each cnfax run (rows 'sbi NPE')"
+    rows = [f"sbi {name.upper()}" for name in peers]
+    results["peers"] = peer or f"run beside each cnfax run (rows {rows})"
 
     def save():
         (out / "sbi.json").write_text(json.dumps(results, indent=2))
@@ -135,9 +141,11 @@ def sbi_section(
                 ("cnfax default", lambda t=task_name, n=n: cnfax_run(t, n, out / "sbi", iters))
             ]
             if peer is None:
-                methods.append(
-                    ("sbi NPE", lambda t=task_name, n=n: peer_sbi.train_npe(t, n, seed=0))
-                )
+                for name in peers:
+                    train_peer = peer_sbi.PEERS[name]
+                    methods.append(
+                        (f"sbi {name.upper()}", lambda t=task_name, n=n, f=train_peer: f(t, n, 0))
+                    )
             for method, run_method in methods:
                 run = run_method()
                 model = run.pop("model")
@@ -165,5 +173,5 @@ def sbi_markdown(results: dict) -> str:
             f"{r['c2st_mean']:.3f} ({r['c2st_std']:.3f}) | {per} | "
             f"{sum(r['rejected_draws'])} | {r['training_seconds']:.0f} |"
         )
-    lines += ["", f"sbi's NPE: {results['sbi_npe']}."]
+    lines += ["", f"sbi's methods: {results['peers']}."]
     return "\n".join(lines) + "\n"

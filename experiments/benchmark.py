@@ -602,6 +602,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sbi-observations", type=int, nargs="+", default=bench_sbi.OBSERVATIONS)
     parser.add_argument("--sbi-draws", type=int, default=10_000, help="C2ST draws of each")
     parser.add_argument("--sbi-iters", type=int, default=None, help="default: make train's")
+    parser.add_argument(
+        "--sbi-peers",
+        nargs="*",
+        default=["npe"],
+        choices=["npe", "fmpe"],
+        help="sbi 0.27.0's methods beside cnfax (none: --sbi-peers with no names)",
+    )
     parser.add_argument("--datasets", nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", default=["ffjord", "default"])
@@ -637,6 +644,7 @@ def main(argv=None) -> int:
             args.sbi_observations,
             args.sbi_draws,
             args.sbi_iters,
+            args.sbi_peers,
         )
         print(bench_sbi.sbi_markdown(results))
     if "quick" not in args.sections:

@@ -1,14 +1,16 @@
-"""sbi 0.27.0's NPE as the peer of the SBI benchmark (experiments/bench_sbi.py).
+"""sbi 0.27.0's NPE and FMPE as the peers of the SBI benchmark (experiments/bench_sbi.py).
 
 NPE (sbi's ``NPE`` = ``NPE_C``) with a neural spline flow (``density_estimator="nsf"``,
-sbibm's choice for NPE) and sbi's default training: Adam 5e-4, batch 200, a 10 %
-validation split, early stopping after 20 epochs without improvement, the best weights
-restored. It is trained on the very pairs cnfax's ``--dataset TASK --simulations N
---seed S`` draws (:func:`cnfax.data.dataset.simulated_pairs`), all N
-of them: sbi splits off its own validation set, as cnfax does (cnfax also keeps 10 % as
-a test split it never trains on). The prior is the task's: ``BoxUniform`` on the prior
-box, else Gaussian linear's N(0, 0.1 I). ``posterior.sample`` rejects draws outside the
-prior's support, as sbi always does.
+sbibm's choice for NPE); FMPE (flow-matching posterior estimation, Dax et al. 2023) with
+sbi's default vector field (``vf_estimator="mlp"``), sampled by sbi's ODE solve. Both
+with sbi's default training: Adam 5e-4, batch 200, a 10 % validation split, early
+stopping after 20 epochs without improvement, the best weights restored. Each is trained
+on the very pairs cnfax's ``--dataset TASK --simulations N --seed S`` draws
+(:func:`cnfax.data.dataset.simulated_pairs`), all N of them: sbi splits off its own
+validation set, as cnfax does (cnfax also keeps 10 % as a test split it never trains
+on). The prior is the task's: ``BoxUniform`` on the prior box, else Gaussian linear's
+N(0, 0.1 I). ``posterior.sample`` rejects draws outside the prior's support, as sbi
+always does.
 
 torch and sbi are imported inside the functions: the optional ``peers`` extra, never
 ``make test``'s.
@@ -41,7 +43,7 @@ def torch_prior(task_name: str):
     return torch.distributions.MultivariateNormal(mean, covariance)
 
 
-class NPEPosterior:
+class SBIPosterior:
     """sbi's posterior behind cnfax's ``sample(key, n, condition=x_o)`` signature, so the
     benchmark scores both the same way."""
 
@@ -58,14 +60,13 @@ class NPEPosterior:
         return theta.numpy().astype(np.float64)
 
 
-def train_npe(task_name: str, n: int, seed: int) -> dict:
-    """NPE trained on the n pairs; the training seconds, epochs and the posterior."""
+def _train(task_name: str, n: int, seed: int, make_inference) -> dict:
+    """An sbi method trained on the n pairs; the training seconds, epochs, posterior."""
     import torch
-    from sbi.inference import NPE
 
     theta, x = simulated_pairs(task_name, seed=seed, simulations=n)
     torch.manual_seed(seed)
-    inference = NPE(prior=torch_prior(task_name), density_estimator="nsf", show_progress_bars=False)
+    inference = make_inference(torch_prior(task_name))
     inference.append_simulations(
         torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
     )
@@ -76,5 +77,28 @@ def train_npe(task_name: str, n: int, seed: int) -> dict:
     return {
         "training_seconds": seconds,
         "iters": f"{summary['epochs_trained'][-1]} epochs",
-        "model": NPEPosterior(inference.build_posterior(estimator), seed),
+        "model": SBIPosterior(inference.build_posterior(estimator), seed),
     }
+
+
+def train_npe(task_name: str, n: int, seed: int) -> dict:
+    """NPE with a neural spline flow (module docstring)."""
+    from sbi.inference import NPE
+
+    return _train(
+        task_name,
+        n,
+        seed,
+        lambda prior: NPE(prior=prior, density_estimator="nsf", show_progress_bars=False),
+    )
+
+
+def train_fmpe(task_name: str, n: int, seed: int) -> dict:
+    """FMPE with sbi's default MLP vector field (module docstring)."""
+    from sbi.inference import FMPE
+
+    return _train(task_name, n, seed, lambda prior: FMPE(prior=prior, show_progress_bars=False))
+
+
+# --sbi-peers names; the benchmark's rows are "sbi NPE", "sbi FMPE"
+PEERS = {"npe": train_npe, "fmpe": train_fmpe}
