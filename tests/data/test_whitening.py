@@ -61,9 +61,25 @@ def test_fit_recovers_a_known_regression_and_leaves_white_residuals():
     np.testing.assert_allclose(np.asarray(fitted.scale_tril), SCALE_TRIL, atol=0.05)
     w, _ = fitted.to_flow(u, c)
     # on the rows it was fitted on, exactly: mean 0, covariance I less the jitter's share
-    # (1e-6 of a residual variance of 0.25^2: 1.6e-5)
+    # (1e-6 of a residual variance of 0.25^2: 1.6e-5), with the regression's 4 degrees of
+    # freedom taken out of the divisor
     np.testing.assert_allclose(w.mean(0), 0.0, atol=1e-10)
-    np.testing.assert_allclose(np.cov(w.T, bias=True), np.eye(2), atol=2 * JITTER / 0.25**2)
+    np.testing.assert_allclose(np.cov(w.T, ddof=4), np.eye(2), atol=2 * JITTER / 0.25**2)
+
+
+def test_the_residual_covariance_is_unbiased_and_too_few_pairs_are_refused():
+    """With 12 pairs and 3 condition columns the least squares leaves 12 - 4 = 8 degrees
+    of freedom: the residual covariance divides by 8 (unbiased), not 12, so w^T w = 8 I on
+    the fitted rows (dividing by n would make every posterior 12/8 = 1.5x too narrow in
+    variance). Below 2 (3 + 1) + 2 = 10 pairs the fit is refused, naming the way out."""
+    rng = np.random.default_rng(2)
+    c = rng.normal(size=(12, 3))
+    u = c @ WEIGHTS + BIAS + rng.normal(size=(12, 2))
+    w, _ = ConditionalWhitening.fit(u, c).to_flow(u, c)
+    np.testing.assert_allclose(w.T @ w, 8 * np.eye(2), atol=1e-4)
+    ConditionalWhitening.fit(u[:10], c[:10])  # the fewest accepted
+    with pytest.raises(ValueError, match="needs at least 10 training pairs, got 9.*--no-whiten"):
+        ConditionalWhitening.fit(u[:9], c[:9])
 
 
 def test_a_condition_that_determines_theta_leaves_a_finite_map():

@@ -86,3 +86,12 @@ def test_a_config_saved_before_the_weights_were_renamed_still_loads():
         raw[name] = raw.pop(f"{name}_weight")
     raw["kinetic_energy"] = 0.25
     assert Config.from_json(json.dumps(raw)).kinetic_energy_weight == 0.25
+
+
+def test_a_config_saved_before_the_whitening_loads_unwhitened_and_a_new_one_keeps_its_choice():
+    """make evaluate rebuilds the data from config.json: a run saved before the whitening
+    existed was trained unwhitened, so its config must not take today's default."""
+    raw = json.loads(Config(dataset="sbi-two-moons").to_json())
+    assert raw.pop("whiten") is True
+    assert Config.from_json(json.dumps(raw)).whiten is False
+    assert Config.from_json(Config(dataset="sbi-two-moons").to_json()).whiten is True

@@ -129,3 +129,17 @@ def test_a_run_directory_trained_with_another_preprocessing_is_refused(tmp_path)
     older = dataclasses.replace(data, preprocessing=Standardize.fit(data.raw("train")))
     with pytest.raises(ValueError, match="another preprocessing"):
         write_data_spec(tmp_path, older)
+
+
+def test_a_run_trained_before_the_whitening_is_refused_naming_no_whiten(tmp_path):
+    """A run saved unwhitened (--no-whiten, or before the whitening was the default) must
+    not resume on whitened theta; the refusal lists both chains and names --no-whiten."""
+    from cnfax.data.dataset import make_dataset
+    from cnfax.run.directory import write_data_spec
+
+    write_data_spec(tmp_path, make_dataset("sbi-two-moons", 0, simulations=100, whiten=False))
+    whitened = make_dataset("sbi-two-moons", 0, simulations=100, whiten=True)
+    with pytest.raises(
+        ValueError, match=r"standardize\) than this data's \(box, then .*--no-whiten"
+    ):
+        write_data_spec(tmp_path, whitened)

@@ -65,7 +65,9 @@ def test_draws_lie_inside_the_bounds_and_log_prob_is_the_hand_computation(whiten
         z_train = (g_train - m) / s
         coefficients = np.linalg.lstsq(design, z_train, rcond=None)[0]
         residuals = z_train - design @ coefficients
-        scale = np.linalg.cholesky(np.cov(residuals.T, bias=True) + 1e-6 * np.eye(2))
+        # the unbiased covariance: n less the design's columns (x's and the intercept)
+        covariance = residuals.T @ residuals / (len(x) - design.shape[1])
+        scale = np.linalg.cholesky(covariance + 1e-6 * np.eye(2))
         z = np.linalg.solve(scale, (z - np.r_[c, 1.0] @ coefficients).T).T
         log_det = log_det - np.sum(np.log(np.diag(scale)))
     flow_log_p = posterior.flow.log_prob(

@@ -6,7 +6,7 @@ after its box map) starts from N(0, I) for every c. Most posteriors are far from
 their centre moves with c and their spread is a fraction of the prior's. The least-squares
 fit on the training pairs
 
-    u ~ c W + b,    r = u - c W - b,    Sigma = cov(r) = L L^T
+    u ~ c W + b,    r = u - c W - b,    Sigma = r^T r / (n - e - 1) = L L^T
 
 is the best conditional Gaussian with a linear mean and a fixed covariance (the baseline
 of :mod:`cnfax.evaluation.baselines`), and the map
@@ -30,8 +30,16 @@ from cnfax.data.preprocess import Preprocessing, _xp
 
 # Added to the residual covariance's diagonal before its Cholesky factor (theta is
 # z-scored, so its variances are about 1): a theta column that the condition determines
-# exactly, or fewer pairs than condition columns, would otherwise leave Sigma singular.
+# exactly would otherwise leave Sigma singular.
 JITTER = 1e-6
+
+
+def minimum_pairs(dim: int, condition_width: int) -> int:
+    """The fewest pairs :meth:`ConditionalWhitening.fit` accepts: residual degrees of
+    freedom n - (e + 1) at least the e + 1 coefficients plus theta's dim d. With
+    n <= e + 1 the least-squares fit interpolates, every residual is 0 and the flow
+    would be handed a point mass; just above it the map is a fit to noise."""
+    return 2 * (condition_width + 1) + dim
 
 
 def _matrix(rows) -> tuple[tuple[float, ...], ...]:
@@ -53,17 +61,25 @@ class ConditionalWhitening(Preprocessing, kind="conditional-whitening"):
     @classmethod
     def fit(cls, u: np.ndarray, condition: np.ndarray) -> ConditionalWhitening:
         """Least squares of u (n, d) on [condition, 1] (n, e + 1), in float64, and the
-        Cholesky factor of the residuals' covariance (plus :data:`JITTER` I)."""
+        Cholesky factor of the residuals' covariance, unbiased (divided by n - e - 1),
+        plus :data:`JITTER` I. Fewer than :func:`minimum_pairs` rows are refused."""
         u = np.asarray(u, np.float64)
         c = np.asarray(condition, np.float64)
         if u.ndim != 2 or c.ndim != 2 or len(u) != len(c):
             raise ValueError(
                 f"conditional whitening needs paired rows, got shapes {u.shape} and {c.shape}"
             )
-        design = np.concatenate([c, np.ones((len(c), 1))], axis=1)
+        (n, dim), width = u.shape, c.shape[1]
+        if n < minimum_pairs(dim, width):
+            raise ValueError(
+                f"conditional whitening of {dim} theta columns given {width} condition "
+                f"columns needs at least {minimum_pairs(dim, width)} training pairs, got {n}: "
+                "simulate more, or turn it off (--no-whiten, whiten=False)"
+            )
+        design = np.concatenate([c, np.ones((n, 1))], axis=1)
         coefficients, *_ = np.linalg.lstsq(design, u, rcond=None)
         residuals = u - design @ coefficients
-        covariance = residuals.T @ residuals / len(u) + JITTER * np.eye(u.shape[1])
+        covariance = residuals.T @ residuals / (n - width - 1) + JITTER * np.eye(dim)
         return cls(
             _matrix(coefficients[:-1]),
             tuple(map(float, coefficients[-1])),

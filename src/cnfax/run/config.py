@@ -295,6 +295,9 @@ class Config:
         for old in _RENAMED:  # runs saved before the weights were named as weights
             if old in raw:
                 raw[f"{old}_weight"] = raw.pop(old)
+        # runs saved before the conditional whitening trained without it: evaluating them
+        # with today's default would score their flow on other inputs than it learnt
+        raw.setdefault("whiten", False)
         return cls(**raw)
 
     @classmethod

@@ -117,6 +117,18 @@ class DataSpec(NamedTuple):
     condition_preprocessing: Preprocessing = Identity()
 
 
+def _kinds(preprocessing) -> str:
+    """A chain's maps by kind, in order (box, then standardize, ...)."""
+    steps = getattr(preprocessing, "steps", (preprocessing,))
+    return ", then ".join(step.kind for step in steps)
+
+
+def _whitening_hint(saved, new) -> str:
+    """The way out when only the conditional whitening differs."""
+    whitened = ["conditional-whitening" in _kinds(p) for p in (saved, new)]
+    return " (or --no-whiten: this run was trained without it)" if whitened == [False, True] else ""
+
+
 def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
     """Record the data's dimensions and preprocessing; refuse data of other dimensions."""
     path = run_dir / DATA_SPEC
@@ -138,12 +150,14 @@ def write_data_spec(run_dir: Path, dataset: Dataset) -> None:
             dataset.preprocessing,
             condition,
         ):
-            # e.g. a run of an SBI task saved before its prior's box was part of its
-            # preprocessing: resuming would train on other inputs than the saved model's
+            # e.g. a run of an SBI task saved before its prior's box or the whitening was
+            # part of its preprocessing: resuming would train on other inputs than the
+            # saved model's
             raise ValueError(
                 f"{run_dir} holds a model trained with another preprocessing "
-                f"({saved.preprocessing.kind}) than this data's "
-                f"({dataset.preprocessing.kind}); use another --run-dir"
+                f"({_kinds(saved.preprocessing)}) than this data's "
+                f"({_kinds(dataset.preprocessing)}); use another --run-dir"
+                + _whitening_hint(saved.preprocessing, dataset.preprocessing)
             )
         return  # the preprocessing the model was trained with, as saved
     spec = {"dim": dataset.dim, "preprocessing": dataset.preprocessing.to_dict()}
