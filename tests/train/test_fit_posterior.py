@@ -76,6 +76,9 @@ def test_draws_lie_inside_the_bounds_and_log_prob_is_the_hand_computation(whiten
     by_hand = np.asarray(flow_log_p, np.float64) + log_det
     got = np.asarray(posterior.log_prob(points, condition=x_o))
     np.testing.assert_allclose(got, by_hand, rtol=1e-4, atol=1e-4)
+    if whiten:  # inside a user's jit the maps run in JAX, the whitening given x_o too
+        traced = jax.jit(lambda theta: posterior.log_prob(theta, condition=jnp.asarray(x_o)))
+        np.testing.assert_allclose(np.asarray(traced(jnp.asarray(points))), got, rtol=1e-4)
     outside = np.array([[1.0, 0.5], [0.2, -0.1], [-3.0, 1.0]])
     assert np.all(np.asarray(posterior.log_prob(outside, condition=x_o)) == -np.inf)
 
