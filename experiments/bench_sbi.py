@@ -128,8 +128,8 @@ def sbi_section(
         "runs": [],
     }
     peer = sbi_peer_status()
-    rows = [f"sbi {name.upper()}" for name in peers]
-    results["peers"] = peer or f"run beside each cnfax run (rows {rows})"
+    labels = {name: f"sbi {name.upper()}" for name in peers}  # the rows' method
+    results["peers"] = peer or f"run beside each cnfax run (rows {list(labels.values())})"
 
     def save():
         (out / "sbi.json").write_text(json.dumps(results, indent=2))
@@ -141,11 +141,9 @@ def sbi_section(
                 ("cnfax default", lambda t=task_name, n=n: cnfax_run(t, n, out / "sbi", iters))
             ]
             if peer is None:
-                for name in peers:
+                for name, label in labels.items():
                     train_peer = peer_sbi.PEERS[name]
-                    methods.append(
-                        (f"sbi {name.upper()}", lambda t=task_name, n=n, f=train_peer: f(t, n, 0))
-                    )
+                    methods.append((label, lambda t=task_name, n=n, f=train_peer: f(t, n, 0)))
             for method, run_method in methods:
                 run = run_method()
                 model = run.pop("model")

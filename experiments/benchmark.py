@@ -606,7 +606,7 @@ def main(argv=None) -> int:
         "--sbi-peers",
         nargs="*",
         default=["npe"],
-        choices=["npe", "fmpe"],
+        choices=sorted(bench_sbi.peer_sbi.PEERS),
         help="sbi 0.27.0's methods beside cnfax (none: --sbi-peers with no names)",
     )
     parser.add_argument("--datasets", nargs="+", default=list(THRESHOLDS))

@@ -70,10 +70,11 @@ class ConditionalWhitening(Preprocessing, kind="conditional-whitening"):
                 f"conditional whitening needs paired rows, got shapes {u.shape} and {c.shape}"
             )
         (n, dim), width = u.shape, c.shape[1]
-        if n < minimum_pairs(dim, width):
+        fewest = minimum_pairs(dim, width)
+        if n < fewest:
             raise ValueError(
                 f"conditional whitening of {dim} theta columns given {width} condition "
-                f"columns needs at least {minimum_pairs(dim, width)} training pairs, got {n}: "
+                f"columns needs at least {fewest} training pairs, got {n}: "
                 "simulate more, or turn it off (--no-whiten, whiten=False)"
             )
         design = np.concatenate([c, np.ones((n, 1))], axis=1)

@@ -31,7 +31,8 @@ from flax import nnx
 
 from cnfax.core.flow import CNF
 from cnfax.data.dataset import Dataset
-from cnfax.data.preprocess import Identity, Preprocessing, from_dict
+from cnfax.data.preprocess import Chain, Identity, Preprocessing, find_step, from_dict
+from cnfax.data.whitening import ConditionalWhitening
 from cnfax.run.checkpoint import Checkpointer
 from cnfax.run.model import COMPATIBILITY_FIELDS, CONFIG, ModelSpec, build_flow
 
@@ -119,13 +120,13 @@ class DataSpec(NamedTuple):
 
 def _kinds(preprocessing) -> str:
     """A chain's maps by kind, in order (box, then standardize, ...)."""
-    steps = getattr(preprocessing, "steps", (preprocessing,))
+    steps = preprocessing.steps if isinstance(preprocessing, Chain) else (preprocessing,)
     return ", then ".join(step.kind for step in steps)
 
 
 def _whitening_hint(saved, new) -> str:
     """The way out when only the conditional whitening differs."""
-    whitened = ["conditional-whitening" in _kinds(p) for p in (saved, new)]
+    whitened = [find_step(p, ConditionalWhitening) is not None for p in (saved, new)]
     return " (or --no-whiten: this run was trained without it)" if whitened == [False, True] else ""
 
 
