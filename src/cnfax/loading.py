@@ -36,6 +36,7 @@ from cnfax.data.preprocess import (
     find_step,
     to_data_units,
 )
+from cnfax.data.truncation import Truncation, draw_inside
 from cnfax.run.directory import read_data_spec, restore_flow
 from cnfax.run.model import ModelSpec
 from cnfax.scoring import evaluation_flow, log_prob_in_chunks
@@ -98,11 +99,34 @@ class TrainedModel:
 
     def sample(self, key: jax.Array, n: int, condition=None) -> np.ndarray:
         """n samples in data units (float64), shape (n, dim); with a condition of shape
-        (c,), n draws given it; of shape (n, c), one draw per row."""
+        (c,), n draws given it; of shape (n, c), one draw per row. With a prior box as a
+        truncation (:mod:`cnfax.data.truncation`), draws outside it are rejected and
+        drawn again, so every draw lies inside."""
         given = self._condition(condition, n)
+        truncation = find_step(self.preprocessing, Truncation)
+        if truncation is None:
+            return self._draw(key, n, given)
+        draw = lambda k, rows: self._draw(k, n, rows)  # noqa: E731
+        return draw_inside(draw, truncation.contains, key, n, given)
+
+    def _draw(self, key: jax.Array, n: int, given: np.ndarray | None) -> np.ndarray:
+        """n of the flow's draws in data units, none rejected."""
         features = None if given is None else jnp.asarray(given.astype(jnp.result_type(float)))
         y = np.asarray(self.flow.sample(key, n, condition=features), np.float64)
         return self.preprocessing.from_flow(y, given)
+
+    def support_mass(self, key: jax.Array, condition=None, n: int = 10_000) -> float:
+        """Z(x): the flow's probability of the prior's box given one condition (c,), the
+        fraction of n draws inside it (standard error sqrt(Z (1 - Z) / n)); 1.0 without a
+        truncation. log_prob - log Z is the normalised density of a truncated model."""
+        truncation = find_step(self.preprocessing, Truncation)
+        if truncation is None:
+            return 1.0
+        if condition is not None and np.ndim(condition) != 1:
+            shape = np.shape(condition)
+            raise ValueError(f"support_mass takes one condition (c,), got shape {shape}")
+        draws = self._draw(key, n, self._condition(condition, n))
+        return float(np.mean(truncation.contains(draws)))
 
     @property
     def levels(self) -> int | None:

@@ -51,7 +51,7 @@ def test_each_epoch_visits_every_training_row_once_in_a_new_order():
 def test_simulated_pairs_keep_each_theta_with_its_own_x():
     """Every training pair (theta, x) of two moons is a simulation of that theta: its
     likelihood p(x | theta) is positive (a mispaired x lies off theta's thin moon)."""
-    data = make_dataset("sbi-two-moons", seed=0, simulations=500)
+    data = make_dataset("sbi-two-moons", seed=0, simulations=500, bounded_by="logit")
     batch = data.train_batch(3, 64)
     given = batch["condition"].astype(np.float64)
     theta = data.preprocessing.from_flow(batch["x"].astype(np.float64), given)
@@ -66,6 +66,11 @@ def test_simulated_pairs_keep_each_theta_with_its_own_x():
     _, standardize, whitening = data.preprocessing.steps
     expected = box_log_det - np.sum(np.log(standardize.scale)) + whitening.log_det
     np.testing.assert_allclose(log_det, expected, rtol=1e-5)
+    # by default the box is a truncation: theta itself standardised, no log-det of a map
+    truncated = make_dataset("sbi-two-moons", seed=0, simulations=500)
+    _, standardize, whitening = truncated.preprocessing.steps
+    expected = -np.sum(np.log(standardize.scale)) + whitening.log_det
+    np.testing.assert_allclose(truncated.held_out("test")[1], expected, rtol=1e-5)
     assert make_dataset("sbi-gaussian-linear", 0, simulations=100).condition_dim == 10
 
 

@@ -520,3 +520,26 @@ def test_c2st_of_the_exact_posterior_is_a_half_and_of_a_shifted_one_its_bayes_ac
     assert np.all((shifted.per_observation > 0.85) & (shifted.per_observation < bayes + 0.05))
     with pytest.raises(NoReferencePosterior):
         c2st_to_reference(SLCP(), shifted_model, np.zeros((1, 8)))
+
+
+class LeakyReference(ReferencePosterior):
+    """The reference posterior times Z: the density restricted to the box of a model that
+    puts 1 - Z of its mass outside it, as a truncated cnfax model answers."""
+
+    mass = 0.8
+
+    def log_prob(self, theta, *, condition):
+        return super().log_prob(theta, condition=condition) + np.log(self.mass)
+
+    def support_mass(self, key, condition):
+        return self.mass
+
+
+def test_kl_of_a_truncated_model_is_that_of_its_normalised_density():
+    """A model whose restricted density is the reference times Z = 0.8 is the reference
+    once normalised: KL 0 on the grid and by Monte Carlo, not -log 0.8 = 0.22 nats."""
+    _, xs = observations(MOONS, seed=0, n=2)
+    grid = kl_to_reference(MOONS, LeakyReference(MOONS), xs)
+    np.testing.assert_allclose(grid.per_observation, 0, atol=1e-9)
+    monte_carlo = kl_to_reference(GL, LeakyReference(GL), GL_X[:2], samples=50)
+    np.testing.assert_allclose(monte_carlo.per_observation, 0, atol=1e-9)

@@ -95,3 +95,12 @@ def test_a_config_saved_before_the_whitening_loads_unwhitened_and_a_new_one_keep
     assert raw.pop("whiten") is True
     assert Config.from_json(json.dumps(raw)).whiten is False
     assert Config.from_json(Config(dataset="sbi-two-moons").to_json()).whiten is True
+
+
+def test_a_config_saved_before_the_truncation_loads_with_the_logit_map():
+    """Likewise a run saved before the prior box became a truncation mapped it by its
+    logit; a new config keeps the truncation."""
+    raw = json.loads(Config(dataset="sbi-two-moons").to_json())
+    assert raw.pop("bounded_by") == "truncation"
+    assert Config.from_json(json.dumps(raw)).bounded_by == "logit"
+    assert Config.from_json(Config(dataset="sbi-two-moons").to_json()).bounded_by == "truncation"

@@ -140,6 +140,19 @@ def test_a_run_trained_before_the_whitening_is_refused_naming_no_whiten(tmp_path
     write_data_spec(tmp_path, make_dataset("sbi-two-moons", 0, simulations=100, whiten=False))
     whitened = make_dataset("sbi-two-moons", 0, simulations=100, whiten=True)
     with pytest.raises(
-        ValueError, match=r"standardize\) than this data's \(box, then .*--no-whiten"
+        ValueError, match=r"standardize\) than this data's \(truncation, then .*--no-whiten"
     ):
         write_data_spec(tmp_path, whitened)
+
+
+def test_a_run_trained_with_the_logit_map_is_refused_naming_bounded_by_logit(tmp_path):
+    """A run saved with the prior's box as its logit map (--bounded-by logit, or before the
+    truncation was the default) must not resume on truncated theta; the refusal names
+    --bounded-by logit."""
+    from cnfax.data.dataset import make_dataset
+    from cnfax.run.directory import write_data_spec
+
+    write_data_spec(tmp_path, make_dataset("sbi-two-moons", 0, simulations=100, bounded_by="logit"))
+    truncated = make_dataset("sbi-two-moons", 0, simulations=100)
+    with pytest.raises(ValueError, match=r"\(box, then .*\(truncation, then .*--bounded-by logit"):
+        write_data_spec(tmp_path, truncated)

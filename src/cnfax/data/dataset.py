@@ -35,6 +35,7 @@ from cnfax.data.preprocess import (
 )
 from cnfax.data.sbi import SBI_TASKS
 from cnfax.data.tabular import MIN_ROWS, DataError, check_columns, load_table
+from cnfax.data.truncation import box_preprocessing
 from cnfax.data.whitening import ConditionalWhitening
 
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
@@ -186,13 +187,15 @@ def make_dataset(
     conditional: bool = False,
     bounds: tuple[str, ...] = (),
     whiten: bool = True,
+    bounded_by: str = "truncation",
 ) -> Dataset:
     """The dataset a config names: a toy density; "digits" (``conditional``: p(image |
     label)); "tabular" with ``path`` (``dequantize``: uniform noise on integer-valued
     columns; ``condition_columns``: model the other columns given these; ``bounds``: one
     "lo:hi" per modelled column, :mod:`cnfax.data.bounds`); or an SBI task, p(theta | x)
     from ``simulations`` simulated pairs (``whiten``: less theta's least-squares
-    regression on x, :mod:`cnfax.data.whitening`)."""
+    regression on x, :mod:`cnfax.data.whitening`; ``bounded_by``: a prior box as a
+    truncation or by its logit map, :mod:`cnfax.data.truncation`)."""
     if name in toy.TOY_DATASETS:
         return ToyStream(name, seed)
     if name == "digits":
@@ -204,7 +207,7 @@ def make_dataset(
     if bounds:
         raise DataError("--bounds goes with --data (a table's columns)")
     if name in SBI_TASKS:
-        return _simulated(name, seed, simulations, whiten)
+        return _simulated(name, seed, simulations, whiten, bounded_by)
     raise DataError(f"unknown dataset {name!r}")
 
 
@@ -273,15 +276,18 @@ def simulated_pairs(name: str, *, seed: int, simulations: int) -> tuple[np.ndarr
     return SBI_TASKS[name].joint(np.random.default_rng([seed, 12]), simulations)
 
 
-def _simulated(name: str, seed: int, simulations: int, whiten: bool = True) -> SplitDataset:
+def _simulated(
+    name: str, seed: int, simulations: int, whiten: bool = True, bounded_by: str = "truncation"
+) -> SplitDataset:
     """``simulations`` pairs theta ~ prior, x ~ simulator(theta), drawn from (seed); the
     flow models theta given x, both standardised with the training split's statistics.
 
     A task whose prior is a box (``prior_box``: two moons, the Gaussian mixture, SLCP)
-    maps theta through :class:`~cnfax.data.preprocess.Box` first and standardises the
-    logits (:func:`~cnfax.data.preprocess.box_then_standardize`): the flow models
-    z = (logit_box(theta) - m) / s, so draws mapped back always lie inside the prior's
-    box and log p(theta | x) = log p_flow(z | x) + log|det dz/dtheta| is -inf outside it.
+    restricts the model to it (:func:`~cnfax.data.truncation.box_preprocessing`): by
+    default as a truncation (the flow models z = (theta - m) / s; draws outside the box
+    are rejected and log p(theta | x) is -inf outside it), with ``bounded_by="logit"``
+    through the box's logit map (z = (logit_box(theta) - m) / s: draws mapped back lie
+    inside by construction, log p adds log|det dz/dtheta|).
     With ``whiten``, z given the standardised x is then whitened by its least-squares
     regression on it (:class:`~cnfax.data.whitening.ConditionalWhitening`, fitted on the
     training split), so that an untrained flow is that conditional Gaussian."""
@@ -294,7 +300,7 @@ def _simulated(name: str, seed: int, simulations: int, whiten: bool = True) -> S
     if box is None:
         preprocessing = Standardize.fit(splits["train"])
     else:
-        preprocessing = box_then_standardize(box, splits["train"])
+        preprocessing = box_preprocessing(box, splits["train"], bounded_by)
     standardize = Standardize.fit(conditions["train"])
     if whiten:
         u, _ = preprocessing.to_flow(splits["train"])

@@ -41,6 +41,7 @@ def build_dataset(config: Config) -> Dataset:
         conditional=config.conditional,
         bounds=config.bounds,
         whiten=config.whiten,
+        bounded_by=config.bounded_by,
     )
 
 

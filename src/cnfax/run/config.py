@@ -79,6 +79,10 @@ class Config:
     whiten: bool = True
     """with an sbi-* dataset: the flow models theta less its least-squares regression on x,
     whitened (cnfax.data.whitening), so that an untrained flow is that conditional Gaussian"""
+    bounded_by: Literal["truncation", "logit"] = "truncation"
+    """with an sbi-* dataset whose prior is a box: truncation (the flow models theta
+    itself; draws outside the box are rejected and log p is -inf there, as sbi's NPE) or
+    logit (the box's logit map: draws inside by construction; cnfax.data.truncation)"""
     iters: int = 1500
     """training iterations"""
     batch_size: int = 256
@@ -298,6 +302,7 @@ class Config:
         # runs saved before the conditional whitening trained without it: evaluating them
         # with today's default would score their flow on other inputs than it learnt
         raw.setdefault("whiten", False)
+        raw.setdefault("bounded_by", "logit")  # and before the truncation, with the map
         return cls(**raw)
 
     @classmethod

@@ -31,7 +31,8 @@ from flax import nnx
 
 from cnfax.core.flow import CNF
 from cnfax.data.dataset import Dataset
-from cnfax.data.preprocess import Chain, Identity, Preprocessing, find_step, from_dict
+from cnfax.data.preprocess import Box, Chain, Identity, Preprocessing, find_step, from_dict
+from cnfax.data.truncation import Truncation
 from cnfax.data.whitening import ConditionalWhitening
 from cnfax.run.checkpoint import Checkpointer
 from cnfax.run.model import COMPATIBILITY_FIELDS, CONFIG, ModelSpec, build_flow
@@ -125,9 +126,14 @@ def _kinds(preprocessing) -> str:
 
 
 def _whitening_hint(saved, new) -> str:
-    """The way out when only the conditional whitening differs."""
+    """The ways out when the conditional whitening or the prior box's form differs."""
     whitened = [find_step(p, ConditionalWhitening) is not None for p in (saved, new)]
-    return " (or --no-whiten: this run was trained without it)" if whitened == [False, True] else ""
+    hint = " (or --no-whiten: this run was trained without it)" if whitened == [False, True] else ""
+    logit = [find_step(p, Box) is not None for p in (saved, new)]
+    truncated = find_step(new, Truncation) is not None
+    if logit == [True, False] and truncated:
+        hint += " (or --bounded-by logit: this run maps the prior's box by its logit)"
+    return hint
 
 
 def write_data_spec(run_dir: Path, dataset: Dataset) -> None:

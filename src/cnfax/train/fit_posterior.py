@@ -8,9 +8,13 @@ Neural posterior estimation on (theta, x) pairs: the conditional flow models
 
     z = W_c(S_theta(g(theta)))  given  c = S_x(x),
 
-with g the box map of the prior's support (:class:`~cnfax.data.preprocess.Box`: per
-column logit((theta - lo) / (hi - lo)), log(theta - lo) or -log(hi - theta) for a side
-left unbounded; the identity without ``bounds``) and S the z-scoring fitted on the given
+with g the identity, restricted to the prior's box when ``bounds`` are given (a
+truncation, :mod:`cnfax.data.truncation`: draws outside the box are rejected, as sbi
+does, log p is -inf outside it and is the flow's density restricted to the box inside,
+whose mass there is ``posterior.support_mass(key, x_o)``), or with
+``bounded_by="logit"`` the box's map (:class:`~cnfax.data.preprocess.Box`: per column
+logit((theta - lo) / (hi - lo)), log(theta - lo) or -log(hi - theta) for a side left
+unbounded), and S the z-scoring fitted on the given
 rows (float64 means and standard deviations; for theta, of g(theta)), and W_c the
 conditional whitening (:class:`~cnfax.data.whitening.ConditionalWhitening`: less the
 least-squares regression on c, times L^{-1}, L the Cholesky factor of the residuals'
@@ -18,7 +22,8 @@ covariance; ``whiten=False`` leaves it out). In the user's units
 
     log p(theta | x) = log p_flow(z | c) + log|det dg/dtheta| - sum_i log s_i - log|det L|,
 
--inf outside the box, and draws g^{-1}(S_theta^{-1}(W_c^{-1}(z))) always lie inside it. The
+-inf outside the box, and draws g^{-1}(S_theta^{-1}(W_c^{-1}(z))) always lie inside it
+(a truncation's by rejection). The
 training itself is :func:`cnfax.fit` on (z, c) (its options pass through), so the result
 is a :class:`cnfax.TrainedModel`: the trained flow (exact trace) with both maps.
 
@@ -33,7 +38,8 @@ import numpy as np
 
 from cnfax.core.checks import check_points
 from cnfax.core.flow import CNF
-from cnfax.data.preprocess import Box, Chain, Standardize, box_then_standardize
+from cnfax.data.preprocess import Box, Chain, Standardize
+from cnfax.data.truncation import box_preprocessing
 from cnfax.data.whitening import ConditionalWhitening
 from cnfax.loading import TrainedModel
 from cnfax.scoring import evaluation_flow
@@ -61,11 +67,20 @@ def _box(bounds, dim: int) -> Box:
 
 
 def fit_posterior(
-    flow: CNF, theta, x, *, key, bounds=None, whiten: bool = True, **options
+    flow: CNF,
+    theta,
+    x,
+    *,
+    key,
+    bounds=None,
+    bounded_by: str = "truncation",
+    whiten: bool = True,
+    **options,
 ) -> tuple[TrainedModel, FitHistory]:
     """Train ``flow`` (a conditional CNF of dim d given c) on simulated pairs ``theta``
     (n, d) and ``x`` (n, c), z-scored (theta after the map of ``bounds`` = (lo, hi), the
-    prior's support, when given) and whitened given x (``whiten``), with
+    prior's support, when given, as a truncation or by its logit map: ``bounded_by``,
+    :mod:`cnfax.data.truncation`) and whitened given x (``whiten``), with
     :func:`cnfax.fit` (``options``: its options), and return the posterior in the user's
     units with the fit's history (module docstring). Rows of theta outside the bounds
     are refused, naming the first."""
@@ -88,7 +103,7 @@ def fit_posterior(
     if bounds is None:
         preprocessing = Standardize.fit(theta)
     else:
-        preprocessing = box_then_standardize(_box(bounds, flow.dim), theta)
+        preprocessing = box_preprocessing(_box(bounds, flow.dim), theta, bounded_by)
     condition_preprocessing = Standardize.fit(x)
     c, _ = condition_preprocessing.to_flow(x)
     if whiten:
