@@ -104,3 +104,17 @@ def test_a_config_saved_before_the_truncation_loads_with_the_logit_map():
     assert raw.pop("bounded_by") == "truncation"
     assert Config.from_json(json.dumps(raw)).bounded_by == "logit"
     assert Config.from_json(Config(dataset="sbi-two-moons").to_json()).bounded_by == "truncation"
+
+
+def test_an_sbi_run_validates_every_ten_epochs_and_stops_after_three_without_progress():
+    """At 10^3 simulations (800 training pairs, 4 steps an epoch at batch 256) the default
+    validates every 40 steps and stops after 3 validations without a lower NLL; at 10^4
+    (8,000 pairs) the interval is capped at 250, as for every other dataset, whose
+    default never stops; options given are kept."""
+    small = Config(dataset="sbi-gaussian-linear", simulations=1000)
+    assert small.schedule(800) == (40, 3)
+    assert Config(dataset="sbi-two-moons").schedule(8000) == (250, 3)
+    assert Config(dataset="sbi-two-moons").schedule(30) == (10, 3)  # at least 10 steps
+    assert Config().schedule(None) == (250, 0)
+    assert Config(dataset="digits").schedule(1437) == (250, 0)
+    assert dataclasses.replace(small, eval_every=7, patience=0).schedule(800) == (7, 0)

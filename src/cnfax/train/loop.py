@@ -68,6 +68,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
     )
     clock, completed, last = time.perf_counter(), run.start, {}
     best, since_best = float("inf"), 0  # early stopping (counts from this process's start)
+    eval_every, patience = config.schedule(run.dataset_rows)
     stop = StopOnInterrupt()
     try:
         for step in bar:
@@ -78,7 +79,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
             if row is None:
                 continue
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", nfe=row["nfe_forward"])
-            evaluate = done % config.eval_every == 0 or done == end
+            evaluate = done % eval_every == 0 or done == end
             improved = False
             criterion = None
             if evaluate:
@@ -86,12 +87,12 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 criterion = selection_criterion(row)
                 improved = criterion < best  # False for NaN: a failed evaluation
                 best, since_best = (criterion, 0) if improved else (best, since_best + 1)
-            stopping = bool(config.patience) and since_best >= config.patience
+            stopping = bool(patience) and since_best >= patience
             row["wall_time"] = run.elapsed + time.perf_counter() - clock
             if evaluate or "first_call" in row or done % config.log_every == 0:
                 log.write(row)
             # With early stopping, a new best is saved when it is seen, so that it is kept.
-            keep_best = improved and bool(config.patience)
+            keep_best = improved and bool(patience)
             if done % config.ckpt_every == 0 or done == end or stopping or keep_best:
                 run.checkpoint(done, row["wall_time"], criterion)
             last = row
@@ -99,7 +100,7 @@ def train(config: Config, *, stop_at: int | None = None) -> dict:
                 name = "validation NLL" if config.target is None else "-ELBO"
                 print(
                     f"\nstopped early at step {done}: no lower {name} in "
-                    f"{config.patience} evaluations (best {best:.4f}, kept as best)"
+                    f"{patience} evaluations (best {best:.4f}, kept as best)"
                 )
                 break
     except KeyboardInterrupt:

@@ -61,6 +61,12 @@ class TrainingRun:
     def devices(self) -> int:
         return self.mesh.shape["data"]
 
+    @property
+    def dataset_rows(self) -> int | None:
+        """The training split's rows (None for a stream or a target)."""
+        splits = getattr(self.dataset, "splits", None)
+        return None if splits is None else len(splits["train"])
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
