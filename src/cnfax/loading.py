@@ -8,7 +8,10 @@
 log p_x(x) = log p_flow(g(x)) + log |det dg/dx| for the run's preprocessing g
 (:mod:`cnfax.data.preprocess`), applied in float64 on the host before the flow. For
 discrete data with K levels, ``log_prob`` is the density of the dequantised variable
-v = x + u, u ~ U[0, 1)^D, whose support is [0, K)^D: points outside it are refused.
+v = x + u, u ~ U[0, 1)^D, whose support is [0, K)^D: points outside it are refused. A
+posterior whose prior's box is a truncation (:mod:`cnfax.data.truncation`, the SBI
+default) rejects draws outside the box, answers -inf there, and inside answers the
+flow's density restricted to the box, whose mass is :meth:`TrainedModel.support_mass`.
 
 Loading reads the run directory (:mod:`cnfax.run.directory`) and the model's description
 (:mod:`cnfax.run.model`) only: never the training loop, the command line, the optimizer,

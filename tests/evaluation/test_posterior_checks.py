@@ -21,12 +21,8 @@ from cnfax.evaluation.generative_classifier import (
     bayes_classifier_accuracy,
     bayes_classifier_log_joint,
 )
-from cnfax.evaluation.posterior_checks import (
-    ALPHAS,
-    expected_coverage,
-    kl_to_reference,
-    null_max_deviation,
-)
+from cnfax.evaluation.posterior_checks import kl_to_reference
+from cnfax.evaluation.posterior_coverage import ALPHAS, expected_coverage, null_max_deviation
 from cnfax.evaluation.posterior_plots import (
     plot_coverage,
     plot_samples_by_label,

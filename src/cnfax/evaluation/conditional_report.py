@@ -27,11 +27,8 @@ from cnfax.data.digits import CLASSES
 from cnfax.data.sbi import SBI_TASKS, TwoMoons, observations
 from cnfax.evaluation.baselines import ConditionalGaussian
 from cnfax.evaluation.generative_classifier import bayes_classifier_accuracy
-from cnfax.evaluation.posterior_checks import (
-    c2st_to_reference,
-    expected_coverage,
-    kl_to_reference,
-)
+from cnfax.evaluation.posterior_checks import c2st_to_reference, kl_to_reference
+from cnfax.evaluation.posterior_coverage import expected_coverage
 from cnfax.evaluation.posterior_plots import (
     plot_coverage,
     plot_samples_by_label,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnfax.evaluation.posterior_checks import CHUNK, CoverageResult, sbi_task
+from cnfax.evaluation.posterior_checks import CHUNK, sbi_task
+from cnfax.evaluation.posterior_coverage import CoverageResult
 from cnfax.scoring import batched_log_prob
 
 
