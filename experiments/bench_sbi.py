@@ -11,9 +11,10 @@ many of sbibm's 10,000 reference draws for x_i (experiments/sbibm_reference.py: 
 sbibm 1.1.0 wheel, cached). sbibm's protocol is 10,000 draws of each. Draws outside the
 prior are rejected before C2ST, as sbi does: cnfax's model rejects them itself (the prior
 box as a truncation, :mod:`cnfax.data.truncation`), the peers' here. Reported for each
-method: the fraction of its raw draws inside the prior per observation (cnfax:
-``support_mass`` from as many draws; the peers: what the rejection kept). Gaussian
-linear's prior is all of R^10.
+method: the fraction of its draws inside the prior per observation (cnfax: the flow's
+raw draws, ``support_mass`` from as many; the peers: what the rejection here kept, 1 by
+construction, since sbi's posterior rejects its own draws outside the prior first).
+Gaussian linear's prior is all of R^10.
 
 sbi 0.27.0's NPE (experiments/peer_sbi.py: neural spline flow, sbi's default training),
 trained on the same simulations, is scored the same way beside each cnfax run when
