@@ -347,12 +347,19 @@ def _bound(value, missing: float) -> float:
     return float(value)
 
 
+def rows_inside(box: Box, train) -> np.ndarray:
+    """The training rows as float64, refused (naming the first) where one leaves the box."""
+    train = np.asarray(train, np.float64)
+    inside = box.contains(train)
+    if not np.all(inside):
+        row = int(np.argmin(inside))
+        raise ValueError(f"training row {row} = {train[row].tolist()} lies outside the box")
+    return train
+
+
 def box_then_standardize(box: Box, train: np.ndarray) -> Chain:
     """Box's map, then standardisation fitted on the training rows' logits (float64)."""
-    train = np.asarray(train, np.float64)
-    if not np.all(box.contains(train)):
-        row = int(np.argmin(box.contains(train)))
-        raise ValueError(f"training row {row} = {train[row].tolist()} lies outside the box")
+    train = rows_inside(box, train)
     y, _ = box.to_flow(train)
     return Chain((box, Standardize.fit(y)))
 

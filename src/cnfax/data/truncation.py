@@ -28,7 +28,15 @@ import dataclasses
 import jax
 import numpy as np
 
-from cnfax.data.preprocess import Box, Chain, Preprocessing, Standardize, _xp, box_then_standardize
+from cnfax.data.preprocess import (
+    Box,
+    Chain,
+    Preprocessing,
+    Standardize,
+    _xp,
+    box_then_standardize,
+    rows_inside,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +89,7 @@ def box_preprocessing(box: Box, train: np.ndarray, bounded_by: str) -> Preproces
         return box_then_standardize(box, train)
     if bounded_by != "truncation":
         raise ValueError(f"bounded_by {bounded_by!r} (choose from {list(BOUNDED_BY)})")
-    train = np.asarray(train, np.float64)
-    inside = box.contains(train)
-    if not np.all(inside):
-        row = int(np.argmin(inside))
-        raise ValueError(f"training row {row} = {train[row].tolist()} lies outside the box")
-    return Chain((Truncation.of(box), Standardize.fit(train)))
+    return Chain((Truncation.of(box), Standardize.fit(rows_inside(box, train))))
 
 
 def draw_inside(draw, contains, key, n: int, given, rounds: int = 100) -> np.ndarray:
