@@ -42,22 +42,43 @@ _COMPILE_EVENTS = {
     "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_seconds",
     "/jax/core/compile/backend_compile_duration": "compile_seconds",
 }
-_compile_totals: collections.Counter = collections.Counter()
 
 
-def _add_compile_time(event: str, duration: float, **_) -> None:
-    if event in _COMPILE_EVENTS:
-        _compile_totals[_COMPILE_EVENTS[event]] += duration
+class _CompileClock(threading.local):
+    """Per thread (an Orbax or user thread compiling at the same time is not this step's
+    time): seconds by stage, and the spans not yet inside a reported outer one.
+
+    Stages nest: tracing a step runs eager ops on concrete values (a dtype conversion, say)
+    that lower and compile on their own, inside the trace's span. Each span is therefore
+    counted exclusively, its duration less the spans it encloses, so that the stages add
+    up to the wall time they took rather than counting the nested compile twice."""
+
+    def __init__(self):
+        self.totals: collections.Counter = collections.Counter()
+        self.open_spans: list[tuple[float, float]] = []  # (start, end), reported, unclaimed
 
 
-jax.monitoring.register_event_duration_secs_listener(_add_compile_time)
+_clock = _CompileClock()
+
+
+def _add_compile_span(event: str, start: float, end: float, **_) -> None:
+    if event not in _COMPILE_EVENTS:
+        return
+    # An enclosing span is reported after all the spans it encloses (it ends last).
+    inner = [(s, e) for s, e in _clock.open_spans if s >= start and e <= end]
+    _clock.open_spans = [span for span in _clock.open_spans if span not in inner][-64:]
+    _clock.open_spans.append((start, end))
+    _clock.totals[_COMPILE_EVENTS[event]] += (end - start) - sum(e - s for s, e in inner)
+
+
+jax.monitoring.register_event_time_span_listener(_add_compile_span)
 
 
 def compile_seconds() -> dict[str, float]:
-    """Seconds this process has spent tracing, lowering and compiling (or loading compiled
-    executables from the persistent cache), by stage; the difference of two calls is what
-    happened between them."""
-    return {name: _compile_totals[name] for name in _COMPILE_EVENTS.values()}
+    """Seconds this thread has spent tracing, lowering and compiling (or loading compiled
+    executables from the persistent cache), by stage, nested stages counted once; the
+    difference of two calls is what happened between them."""
+    return {name: _clock.totals[name] for name in _COMPILE_EVENTS.values()}
 
 
 @contextlib.contextmanager
