@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 # Two pytest workers, whole modules each (a module's tests share what they compile): the
 # suite is compile-bound, and XLA compiles on one core, so two workers on CI's 2 cores
 # take 1.26x less time than one (tests/core/test_gradients.py, test_variational.py,
-# test_objectives.py, train/test_fit.py: 418 s -> 332 s). TEST_WORKERS=0 runs in-process.
+# test_objectives.py, train/test_fit.py: 418 s -> 332 s). The slowest modules go first
+# (tests/conftest.py), so that neither worker is left alone at the end. TEST_WORKERS=0 runs
+# in-process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests experiments

@@ -95,3 +95,28 @@ def target_run(tmp_path_factory):
     config = dataclasses.replace(config, log_every=5)
     train(config)
     return config
+
+
+# The modules that take longest (seconds in a clean-clone CI run, summed over their tests),
+# handed to the pytest workers first (`make test` passes --no-loadscope-reorder): xdist's
+# default hands out modules with the most tests first, which left the few-but-slow ones,
+# 4-device training (116 s in 2 tests) among them, for the end of the run, when the other
+# worker has nothing left to do. Longest first keeps both workers busy to the end.
+LONGEST_MODULES_FIRST = (
+    "tests/train/test_loop.py",  # 418 s
+    "tests/core/test_gradients.py",  # 136 s
+    "tests/test_parallel.py",  # 116 s
+    "tests/test_variational.py",  # 109 s
+    "tests/test_loading.py",  # 93 s
+    "tests/core/test_conditional.py",  # 81 s
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        module = item.nodeid.split("::")[0]
+        if module in LONGEST_MODULES_FIRST:
+            return LONGEST_MODULES_FIRST.index(module)
+        return len(LONGEST_MODULES_FIRST)
+
+    items.sort(key=rank)  # stable: each module's own order is kept
