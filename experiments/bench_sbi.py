@@ -137,7 +137,10 @@ def sbi_section(
     }
     peer = sbi_peer_status()
     labels = {name: f"sbi {name.upper()}" for name in peers}  # the rows' method
-    results["peers"] = peer or f"run beside each cnfax run (rows {list(labels.values())})"
+    if not peers:
+        results["peers"] = "none asked for (--sbi-peers with no names)"
+    else:
+        results["peers"] = peer or f"run beside each cnfax run (rows {list(labels.values())})"
 
     def save():
         (out / "sbi.json").write_text(json.dumps(results, indent=2))
