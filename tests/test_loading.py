@@ -102,19 +102,23 @@ def test_load_answers_in_data_units_with_the_standardisation_jacobian(tabular_ru
 
 
 def test_ragged_input_sizes_compile_once_per_bucket(monkeypatch, caplog):
-    """20 random batch sizes in [1, 200] with buckets 1, 2, 4, ..., 64 and chunks of 64:
-    at most 7 compilations of the solve, where one per distinct size would be ~20."""
+    """20 random batch sizes of one chunk, in [1, 64], with buckets 1, 2, 4, ..., 64, and 3
+    of several chunks of 64 (each padded to the full chunk): at most 7 + 1 compilations of
+    the solve, where one per distinct size would be about 20. (Sizes drawn in [1, 200]
+    let an unbucketed solve pass: most of them take the several-chunks path, and the
+    few one-chunk sizes stayed under the bound.)"""
     monkeypatch.setattr(cnfax.scoring, "CHUNK", 64)
     jax.clear_caches()  # equal flows share compiled code: count this test's own
     field = cnfax.ConcatSquashMLP(2, (8,), rngs=nnx.Rngs(0))
     model = TrainedModel(cnfax.CNF(field, t1=0.5), Identity(), ModelSpec(), 0)
-    sizes = np.random.default_rng(0).integers(1, 201, size=20)
+    one_chunk = np.random.default_rng(0).integers(1, 65, size=20)
+    sizes = np.concatenate([one_chunk, [100, 150, 200]])
     x = np.random.default_rng(1).normal(size=(200, 2))
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         results = [np.asarray(model.log_prob(x[:n])) for n in sizes]
     compiles = [r for r in caplog.records if "Compiling jit(_sharded_log_prob)" in r.getMessage()]
-    assert len(set(sizes.tolist())) >= 15
-    assert 1 <= len(compiles) <= 7, len(compiles)
+    assert len(set(one_chunk.tolist())) >= 15
+    assert 1 <= len(compiles) <= 8, len(compiles)
     # Padding never changes a row's answer: every size agrees with the largest batch.
     full = np.asarray(model.log_prob(x))
     for n, logp in zip(sizes, results, strict=True):
