@@ -12,6 +12,8 @@ form (Gaussian linear and mixture). For a model truncated to the prior's box the
 is the restricted density, not renormalised, an upper bound on the normalised one's
 NLL; ``mass_inside`` is the fraction of one draw per pair inside the box, whose
 -log is a lower bound (Jensen) on what renormalising would subtract on average.
+``c2st_observations=[1,2,3]`` (not a Config field) also scores the best checkpoint by
+``make bench-sbi``'s C2ST on those sbibm observations (10,000 draws each).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main(task_name: str, simulations: str, run_dir: str, *options: str) -> dict:
             changes[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             changes[name] = value  # a string such as logit
+    c2st_observations = changes.pop("c2st_observations", None)
     config = recipe(
         "default",
         dataset=task_name,
@@ -66,6 +69,12 @@ def main(task_name: str, simulations: str, run_dir: str, *options: str) -> dict:
             task.reference_log_posterior(t[None], x_i)[0] for t, x_i in zip(theta, x, strict=True)
         ]
         out["nll_true"] = float(-np.mean(true))
+    if c2st_observations:
+        import bench_sbi  # experiments/ is this script's directory
+
+        best = cnfax.load(run_dir, which="best")
+        score = bench_sbi.score_model(best, task_name, c2st_observations, 10_000, seed=0)
+        out.update({k: score[k] for k in ("c2st_mean", "c2st_per_observation", "prior_mass")})
     print(json.dumps(out))
     return out
 
