@@ -55,8 +55,9 @@ def main(task_name: str, simulations: str, run_dir: str, *options: str) -> dict:
     out["training_seconds"] = round(time.perf_counter() - start, 1)
     task = SBI_TASKS[task_name]
     theta, x = task.joint(np.random.default_rng(12345), 5000)
+    models = {}
     for which in ("best", "latest"):
-        model = cnfax.load(run_dir, which=which)
+        model = models[which] = cnfax.load(run_dir, which=which)
         log_q = np.asarray(model.log_prob(theta, condition=x), np.float64)
         out[f"nll_{which}"] = float(-np.mean(log_q))
         out[f"nll_{which}_standard_error"] = float(np.std(log_q) / np.sqrt(len(log_q)))
@@ -72,8 +73,7 @@ def main(task_name: str, simulations: str, run_dir: str, *options: str) -> dict:
     if c2st_observations:
         import bench_sbi  # experiments/ is this script's directory
 
-        best = cnfax.load(run_dir, which="best")
-        score = bench_sbi.score_model(best, task_name, c2st_observations, 10_000, seed=0)
+        score = bench_sbi.score_model(models["best"], task_name, c2st_observations, 10_000, seed=0)
         out.update({k: score[k] for k in ("c2st_mean", "c2st_per_observation", "prior_mass")})
     print(json.dumps(out))
     return out

@@ -103,10 +103,10 @@ def test_load_answers_in_data_units_with_the_standardisation_jacobian(tabular_ru
 
 def test_ragged_input_sizes_compile_once_per_bucket(monkeypatch, caplog):
     """20 random batch sizes of one chunk, in [1, 64], with buckets 1, 2, 4, ..., 64, and 3
-    of several chunks of 64 (each padded to the full chunk): at most 7 + 1 compilations of
-    the solve, where one per distinct size would be about 20. (Sizes drawn in [1, 200]
-    let an unbucketed solve pass: most of them take the several-chunks path, and the
-    few one-chunk sizes stayed under the bound.)"""
+    of several chunks of 64 (each padded to the full chunk, the bucket of 64): at most 7
+    compilations of the solve, where one per distinct size would be about 20. (Sizes
+    drawn in [1, 200] let an unbucketed solve pass: most of them take the several-chunks
+    path, and the few one-chunk sizes stayed under the bound.)"""
     monkeypatch.setattr(cnfax.scoring, "CHUNK", 64)
     jax.clear_caches()  # equal flows share compiled code: count this test's own
     field = cnfax.ConcatSquashMLP(2, (8,), rngs=nnx.Rngs(0))
@@ -118,7 +118,7 @@ def test_ragged_input_sizes_compile_once_per_bucket(monkeypatch, caplog):
         results = [np.asarray(model.log_prob(x[:n])) for n in sizes]
     compiles = [r for r in caplog.records if "Compiling jit(_sharded_log_prob)" in r.getMessage()]
     assert len(set(one_chunk.tolist())) >= 15
-    assert 1 <= len(compiles) <= 8, len(compiles)
+    assert 1 <= len(compiles) <= 7, len(compiles)
     # Padding never changes a row's answer: every size agrees with the largest batch.
     full = np.asarray(model.log_prob(x))
     for n, logp in zip(sizes, results, strict=True):
