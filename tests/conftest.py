@@ -31,22 +31,43 @@ _default = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else
 settings.load_profile(os.environ.get("CNFAX_HYPOTHESIS_PROFILE", _default))
 
 
+# Half of Linux's vm.max_map_count (65530): the most memory mappings a test process keeps
+# before release_compiled_code drops its compiled code. A module adds at most about 10,000
+# (measured: test_fuzz.py and test_variational.py together 7,454), so the process stays
+# well under the limit, while the modules between two releases share what they compile.
+MAX_MAPPINGS = 32_000
+
+
+def _memory_mappings() -> int:
+    """The process's memory mappings (lines of /proc/self/maps); where there is no /proc,
+    a count above MAX_MAPPINGS, so that every module releases its code."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return MAX_MAPPINGS + 1
+
+
 @pytest.fixture(autouse=True, scope="module")
 def release_compiled_code():
-    """Drop every compiled function after each test module. XLA:CPU maps each executable's
-    code into the process (a few mappings per kernel) and never unmaps it while the
-    function is cached (7,454 mappings after 84 s of tests/core/test_fuzz.py and
-    tests/test_variational.py, against Linux's vm.max_map_count of 65530); the whole suite
-    in one process crashed inside XLA near its end (SIGSEGV or SIGABRT while compiling or
-    loading). Clearing after test_fuzz.py took that run from 5,230 mappings to 1,134. A
-    module's tests still share what they compile."""
+    """Drop every compiled function after a test module once the process holds more than
+    MAX_MAPPINGS memory mappings. XLA:CPU maps each executable's code into the process (a
+    few mappings per kernel) and never unmaps it while the function is cached (7,454
+    mappings after 84 s of tests/core/test_fuzz.py and tests/test_variational.py); the
+    whole suite in one process crashed inside XLA near its end (SIGSEGV or SIGABRT while
+    compiling or loading), at Linux's vm.max_map_count of 65530. Releasing after every
+    module kept it far below that but recompiled, module after module, the flows that
+    many modules build alike (a suite of 1030 s took 911 s releasing only above 30,000;
+    the most a worker then held was 27,953). Tests that count compilations clear the
+    caches themselves."""
     yield
-    import gc
+    if _memory_mappings() > MAX_MAPPINGS:
+        import gc
 
-    import jax
+        import jax
 
-    jax.clear_caches()
-    gc.collect()
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,8 @@ closed-form gradient of a time-dependent field, and gradients through several bl
 neural field (learned end times included) agree with central finite differences of the
 log-likelihood itself."""
 
+import functools
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -21,13 +23,12 @@ seeds = st.integers(0, 2**16)
 TOL = diffrax.PIDController(rtol=1e-8, atol=1e-8)
 
 
+@nnx.jit
 def nll_grad(flow, x, key=None):
-    """d(-mean log p(x))/d(parameters), under jit, as a flat vector."""
-
-    def loss(flow):
-        return -jnp.mean(flow.log_prob(x, key=key))
-
-    grads = nnx.jit(nnx.grad(loss))(flow)
+    """d(-mean log p(x))/d(parameters), as a flat vector. One jitted function with the
+    data and the key as arguments: flows built alike (Hypothesis' examples, two keys)
+    share one compilation."""
+    grads = nnx.grad(lambda f: -jnp.mean(f.log_prob(x, key=key)))(flow)
     return jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grads)])
 
 
@@ -67,6 +68,12 @@ def test_hutchinson_noise_is_fixed_through_the_backward_solve():
         assert relative_error(g_other_key, g_ckpt) > 1e-2, "the key should matter"
 
 
+@nnx.jit
+def total_log_prob_grad(flow, x):
+    """d(sum log p(x))/d(parameters), one compilation for every example alike."""
+    return nnx.grad(lambda f: jnp.sum(f.log_prob(x)))(flow)
+
+
 matrices = hnp.arrays(np.float64, (2, 2), elements=st.floats(-1.0, 1.0))
 
 
@@ -90,10 +97,7 @@ def test_learned_end_time_gradient_matches_closed_form(a, t1):
             stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
         )
 
-        def total_log_prob(flow):
-            return jnp.sum(flow.log_prob(x))
-
-        grads = nnx.jit(nnx.grad(total_log_prob))(flow)
+        grads = total_log_prob_grad(flow, x)
         closed = jax.grad(
             lambda s: jnp.sum(linear_flow_log_prob([jnp.asarray(a)], elapsed(s**2), x))
         )(jnp.asarray(np.sqrt(t1)))
@@ -105,6 +109,29 @@ def test_learned_end_time_gradient_matches_closed_form(a, t1):
         np.testing.assert_allclose(
             grads["blocks"][0]["matrix"][...], closed_a, rtol=1e-6, atol=1e-8
         )
+
+
+def _mean_nll_at(theta, graphdef, times, weights, rest, x):
+    """-mean log p(x) of the flow (graphdef, times, weights, rest) with its end times and
+    weights replaced by the flat vector theta (laid out as ravel_pytree lays them out)."""
+    times, weights = ravel_pytree((times, weights))[1](theta)
+    return -jnp.mean(nnx.merge(graphdef, times, weights, rest).log_prob(x))
+
+
+# Module-level jits, the flow's structure static: the examples of a test share them.
+_mean_nll = jax.jit(_mean_nll_at, static_argnames="graphdef")
+_mean_nll_grad = jax.jit(jax.grad(_mean_nll_at), static_argnames="graphdef")
+
+
+def flat_loss(flow, x):
+    """theta = (sqrt_T of each block, weights), flat, and -mean log p(x) as a function of
+    theta (jitted; its ``.grad`` is the jitted gradient)."""
+    graphdef, times, weights, rest = nnx.split(flow, nnx.PathContains("sqrt_t1"), nnx.Param, ...)
+    theta = ravel_pytree((times, weights))[0]
+    parts = dict(graphdef=graphdef, times=times, weights=weights, rest=rest, x=x)
+    loss = functools.partial(_mean_nll, **parts)
+    loss.grad = functools.partial(_mean_nll_grad, **parts)
+    return theta, loss
 
 
 def central_differences(loss, theta, directions, step):
@@ -146,29 +173,16 @@ def test_gradients_through_several_blocks_match_central_differences(seed):
             solver=cnfax.RK4(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.0049
         )
 
-        def flat_loss(flow):
-            """-mean log p(x) as a function of (sqrt_T of each block, weights), flat."""
-            graphdef, times, weights, rest = nnx.split(
-                flow, nnx.PathContains("sqrt_t1"), nnx.Param, ...
-            )
-            theta, unravel = ravel_pytree((times, weights))
-
-            def loss(theta):
-                times, weights = unravel(theta)
-                return -jnp.mean(nnx.merge(graphdef, times, weights, rest).log_prob(x))
-
-            return theta, loss
-
-        theta, loss = flat_loss(flow)
+        theta, loss = flat_loss(flow, x)
         np.testing.assert_allclose(theta[:2], np.sqrt(0.6))  # the end times come first
-        grad = jax.jit(jax.grad(loss))(theta)
+        grad = loss.grad(theta)
         random = jax.random.normal(jax.random.key(seed + 20), (2, theta.size), jnp.float64)
         directions = jnp.concatenate(
             [jnp.eye(2, theta.size), random / jnp.linalg.norm(random, axis=1, keepdims=True)]
         )
-        same_theta, reference_loss = flat_loss(reference)
+        same_theta, reference_loss = flat_loss(reference, x)
         np.testing.assert_array_equal(same_theta, theta)
-        finite = central_differences(jax.jit(reference_loss), theta, directions, 1e-5)
+        finite = central_differences(reference_loss, theta, directions, 1e-5)
         error = jnp.abs(directions @ grad - finite) / jnp.linalg.norm(grad)
         assert jnp.max(error) <= 1e-7, (directions @ grad, finite, error)
 
