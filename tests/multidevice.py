@@ -35,8 +35,7 @@ def check_sharded_gradient_is_the_mean_of_per_shard_gradients():
     # One jitted per-shard gradient, the shard and its key as arguments: compiled once.
     shard_grad = nnx.jit(lambda f, p, k: nnx.grad(lambda g: -jnp.mean(g.log_prob(p, key=k)))(f))
     per_shard = [
-        shard_grad(flow, part, jax.random.fold_in(key, i))
-        for i, part in enumerate(jnp.split(x, 4))
+        shard_grad(flow, part, jax.random.fold_in(key, i)) for i, part in enumerate(jnp.split(x, 4))
     ]
     expected = jax.tree.map(lambda *g: sum(g) / 4, *per_shard)
     flat = lambda t: jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(t)])  # noqa: E731
