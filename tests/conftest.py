@@ -31,10 +31,8 @@ _default = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else
 settings.load_profile(os.environ.get("CNFAX_HYPOTHESIS_PROFILE", _default))
 
 
-# Half of Linux's vm.max_map_count (65530): the most memory mappings a test process keeps
-# before release_compiled_code drops its compiled code. A module adds at most about 10,000
-# (measured: test_fuzz.py and test_variational.py together 7,454), so the process stays
-# well under the limit, while the modules between two releases share what they compile.
+# About half of Linux's vm.max_map_count (65530): the memory mappings a test process may
+# hold before release_compiled_code drops its compiled code (see there).
 MAX_MAPPINGS = 32_000
 
 
@@ -58,8 +56,9 @@ def release_compiled_code():
     compiling or loading), at Linux's vm.max_map_count of 65530. Releasing after every
     module kept it far below that but recompiled, module after module, the flows that
     many modules build alike (a suite of 1030 s took 911 s releasing only above 30,000;
-    the most a worker then held was 27,953). Tests that count compilations clear the
-    caches themselves."""
+    the most a worker then held was 27,953). A module adds well under 10,000, so a process
+    released above MAX_MAPPINGS stays far from the limit. Tests that count compilations
+    clear the caches themselves."""
     yield
     if _memory_mappings() > MAX_MAPPINGS:
         import gc
