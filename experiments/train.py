@@ -26,6 +26,7 @@ import dataclasses
 import os
 import re
 import sys
+import types
 import typing
 import warnings
 
@@ -63,6 +64,8 @@ def list_flags(cls) -> set[str]:
         hint = hints[field.name]
         if typing.get_origin(hint) is typing.Annotated:
             hint = typing.get_args(hint)[0]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # tuple | None
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         if typing.get_origin(hint) is tuple:
             flags |= {f"--{field.name.replace('_', '-')}", f"--{field.name}"}
     return flags

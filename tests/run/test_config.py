@@ -4,6 +4,7 @@ rules and the objects' own checks alike; CLI flags keep their names; old runs st
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import tyro
 from hypothesis import given
@@ -118,3 +119,34 @@ def test_an_sbi_run_validates_every_ten_epochs_and_stops_after_three_without_pro
     assert Config().schedule(None) == (250, 0)
     assert Config(dataset="digits").schedule(1437) == (250, 0)
     assert dataclasses.replace(small, eval_every=7, patience=0).schedule(800) == (7, 0)
+
+
+def test_an_sbi_run_defaults_to_the_wider_decayed_field_and_keeps_options_given():
+    """The defaults that depend on the data (Config.resolved): an sbi-* dataset's field is
+    96 wide with AdamW's decay at 0.1 (SBI_DEFAULTS), any other dataset's 64 wide with none;
+    options given are never replaced, and the run directory keeps the resolved values."""
+    sbi, plain = Config(dataset="sbi-slcp"), Config()
+    assert (sbi.model_spec().hidden, sbi.resolved().weight_decay) == ((96, 96, 96), 0.1)
+    assert (plain.model_spec().hidden, plain.resolved().weight_decay) == ((64, 64, 64), 0.0)
+    given = Config(dataset="sbi-slcp", hidden=(8,), weight_decay=0.0).resolved()
+    assert (given.hidden, given.weight_decay) == ((8,), 0.0)
+    saved = json.loads(sbi.to_json())
+    assert (saved["hidden"], saved["weight_decay"]) == ([96, 96, 96], 0.1)
+    assert Config.from_json(sbi.to_json()) == sbi.resolved()
+    # a variational run trains no posterior, whatever --dataset's (unused) value
+    assert Config(dataset="sbi-slcp", target="u1").model_spec().hidden == (64, 64, 64)
+
+
+def test_the_optimizer_decays_the_weights_of_an_sbi_run_only():
+    """The resolved decay reaches AdamW: one step on a zero gradient shrinks a weight by
+    lr x 0.1 of itself with an sbi-* dataset (the first step's learning rate is --lr), and
+    leaves it with the plain default."""
+    import jax.numpy as jnp
+
+    from cnfax.run.builders import build_optimizer
+
+    weights = {"w": jnp.ones(3)}
+    for config, shrink in ((Config(dataset="sbi-two-moons"), 1e-2 * 0.1), (Config(), 0.0)):
+        optimizer = build_optimizer(config)
+        updates, _ = optimizer.update({"w": jnp.zeros(3)}, optimizer.init(weights), weights)
+        np.testing.assert_allclose(updates["w"], -shrink * weights["w"], rtol=1e-6, atol=1e-12)

@@ -81,7 +81,7 @@ def schedule(lr: float, kind: str, warmup_steps: int, total_steps: int) -> float
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
     """The optimizer of a Config (:func:`adamw` with :func:`learning_rate`)."""
-    return adamw(learning_rate(config), config.weight_decay, config.grad_clip)
+    return adamw(learning_rate(config), config.resolved().weight_decay, config.grad_clip)
 
 
 def learning_rate(config: Config) -> float | optax.Schedule:

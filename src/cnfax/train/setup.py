@@ -82,7 +82,7 @@ def set_up(config: Config) -> TrainingRun:
     """Check the options and the data before anything is written; then write the run's
     description, build the flow and optimizer, resume from the latest checkpoint, and
     place the parameters on every device."""
-    config.validate()
+    config = config.validate().resolved()
     run_dir = Path(config.run_dir)
     check_compatible(run_dir, config.model_spec())
     if config.target is None:
