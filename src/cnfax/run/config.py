@@ -411,7 +411,8 @@ RECIPES = {"default": {}, "fast": {}, "ffjord": FFJORD}
 # learnt from a fixed, small set of pairs, and overfit: on SLCP at 10^4 simulations the
 # plain default's validation NLL stopped falling from step 1000. AdamW's decay at 0.1
 # with a wider field (96 per layer) lowered sbibm's C2ST there from 0.890 to 0.860 over
-# its 10 observations, in 222 s of training (docs/results.md, "SLCP at 10^4").
+# its 10 observations, in 222-267 s of training, but its posteriors there are overconfident
+# (coverage deviation 0.150, against 0.085 before; docs/results.md, "The sbi defaults").
 PLAIN_DEFAULTS = dict(hidden=(64, 64, 64), weight_decay=0.0)
 SBI_DEFAULTS = dict(hidden=(96, 96, 96), weight_decay=0.1)
 
