@@ -4,12 +4,14 @@ rules and the objects' own checks alike; CLI flags keep their names; old runs st
 import dataclasses
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tyro
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cnfax.run.builders import build_optimizer
 from cnfax.run.config import Config
 
 
@@ -141,10 +143,6 @@ def test_the_optimizer_decays_the_weights_of_an_sbi_run_only():
     """The resolved decay reaches AdamW: one step on a zero gradient shrinks a weight by
     lr x 0.1 of itself with an sbi-* dataset (the first step's learning rate is --lr), and
     leaves it with the plain default."""
-    import jax.numpy as jnp
-
-    from cnfax.run.builders import build_optimizer
-
     weights = {"w": jnp.ones(3)}
     for config, shrink in ((Config(dataset="sbi-two-moons"), 1e-2 * 0.1), (Config(), 0.0)):
         optimizer = build_optimizer(config)
